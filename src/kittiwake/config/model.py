@@ -1,0 +1,116 @@
+"""The configuration model: James's XML files become these frozen dataclasses.
+
+Each field says what it means, its default and its unit. Loading (``config/loader.py``)
+is the only place that reads XML; everything else in kittiwake sees only these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+__all__ = [
+    "Bind",
+    "Config",
+    "DomainListConfig",
+    "ListenerConfig",
+    "Protocol",
+    "ServerOptions",
+]
+
+KIB = 1024
+MIB = 1024 * KIB
+
+#: Safe defaults for a listener that does not set them (issue 2, point 4).
+DEFAULT_MAX_MESSAGE_SIZE = 25 * MIB
+DEFAULT_MAX_RECIPIENTS = 100  # RFC 5321 4.5.3.1.8: at least 100 must be accepted
+DEFAULT_MAX_LINE_LENGTH = 8192  # James's default; RFC 5321 asks for at least 512
+DEFAULT_CONNECTION_TIMEOUT = 300.0  # seconds; RFC 5321 4.5.3.2.7: server waits >= 5 min
+DEFAULT_DATA_TIMEOUT = 600.0  # seconds between data blocks (RFC 5321 4.5.3.2.6, client 10 min)
+DEFAULT_BACKLOG = 200
+
+
+class Protocol(Enum):
+    SMTP = "smtp"
+    LMTP = "lmtp"
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """One listening address. ``host`` is an IP literal (IPv4 or IPv6, no brackets)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One ``<smtpserver>`` (or ``<lmtpserver>``) element: one listener."""
+
+    name: str  # jmxName, or "smtpserver-N" when absent; used in logs
+    protocol: Protocol = Protocol.SMTP
+    enabled: bool = True
+    binds: tuple[Bind, ...] = (Bind("127.0.0.1", 2525),)
+    connection_backlog: int = DEFAULT_BACKLOG
+    #: seconds a connection may stay idle waiting for a command (James ``connectiontimeout``)
+    connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT
+    #: simultaneous connections for this listener; 0 = unlimited
+    connection_limit: int = 0
+    #: simultaneous connections per client IP for this listener; 0 = unlimited
+    connection_limit_per_ip: int = 0
+    #: the name in the greeting, EHLO reply and Received header
+    hello_name: str = "localhost"
+    #: text after "220 " in the greeting; None = "<helloName> ESMTP kittiwake ready"
+    greeting: str | None = None
+    #: bytes; 0 = no limit (James ``maxmessagesize``, plain numbers are KiB)
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: recipients per transaction; beyond it 452 4.5.3 (RFC 5321 4.5.3.1.10)
+    max_recipients: int = DEFAULT_MAX_RECIPIENTS
+    #: bytes per command line, CRLF included (James ``maxLineLength``, 1000..1048576)
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH
+    #: MAIL before HELO/EHLO gets 503 5.5.1
+    helo_ehlo_enforcement: bool = True
+    #: MAIL/RCPT addresses must be in <...>
+    address_brackets_enforcement: bool = True
+    #: EHLO keywords not announced (upper case)
+    disabled_features: frozenset[str] = frozenset()
+    #: seconds between two reads while receiving DATA/BDAT text
+    data_timeout: float = DEFAULT_DATA_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class DomainListConfig:
+    """``domainlist.xml``: seeds the domain store at start; the store is the truth afterwards."""
+
+    domain_names: tuple[str, ...] = ()
+    default_domain: str = "localhost"
+    autodetect: bool = False
+    autodetect_ip: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """Process-wide settings that are kittiwake's own (not per listener)."""
+
+    #: postmaster address; mail to postmaster@<local domain> and bare <postmaster> goes here
+    postmaster: str = "postmaster@localhost"
+    #: spool worker tasks delivering from the spool
+    spool_threads: int = 4
+    #: seconds to let open transactions finish on SIGTERM
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything kittiwake read from the configuration directory."""
+
+    listeners: tuple[ListenerConfig, ...]
+    domains: DomainListConfig = field(default_factory=DomainListConfig)
+    server: ServerOptions = field(default_factory=ServerOptions)
+    #: the configuration directory, or None for the embedded default
+    source: str | None = None
+    #: options present in the files that kittiwake reads but does not act on yet (named at start)
+    unimplemented: tuple[str, ...] = ()
