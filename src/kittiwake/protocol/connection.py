@@ -1,0 +1,610 @@
+"""The SMTP/LMTP server side of one connection, sans I/O.
+
+Bytes in (``receive_data``), events out (``next_event``); replies in (``send``),
+bytes out (``data_to_send``). No sockets, no clock, no asyncio: the adapter in
+``server/`` moves bytes and the application decides what needs deciding.
+
+The core answers syntax, sequence (503), NOOP, RSET, HELP, VRFY and EXPN itself,
+enforces the line, size and recipient limits, and reads message text. It hands the
+application only what needs a decision (``Event.needs_reply``), one at a time: it
+reads no further command until the decision is answered, so pipelined commands
+(RFC 2920) get their replies in order and each sees the state its predecessor left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from . import _replies as R
+from ._address import decode_xtext, parse_params, parse_path
+from ._body import BareLineEnding, ChunkReader, DotReader
+from ._errors import CommandRefused, LocalProtocolError, RemoteProtocolError
+from ._events import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    DataRequested,
+    Event,
+    Hello,
+    MailFrom,
+    MessageAborted,
+    MessageComplete,
+    MessageData,
+    Quit,
+    RcptTo,
+    Reset,
+    Unknown,
+)
+from ._replies import Reply
+from ._state import State, next_state
+
+__all__ = ["CoreSettings", "Mode", "ServerConnection"]
+
+_MAX_SIZE_DIGITS = 20  # SIZE= and BDAT sizes: refuse absurd numbers before int()
+
+
+class Mode(Enum):
+    SMTP = "SMTP"
+    LMTP = "LMTP"
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSettings:
+    """What the core needs to know about its listener."""
+
+    hostname: str
+    mode: Mode = Mode.SMTP
+    greeting: str | None = None  # text after "220 "; None = "<hostname> ESMTP kittiwake"
+    max_line_length: int = 8192  # command line octets, CRLF included
+    max_message_size: int = 0  # message text octets; 0 = no limit
+    max_recipients: int = 100
+    helo_required: bool = True  # James heloEhloEnforcement
+    brackets_required: bool = True  # James addressBracketsEnforcement
+    disabled_keywords: frozenset[str] = frozenset()  # EHLO keywords not announced
+
+
+class _Reader(Enum):
+    COMMAND = 0
+    DISCARD_LINE = 1  # the rest of an over-long command line
+    DATA = 2
+    CHUNK = 3
+    SKIP_CHUNK = 4  # a refused BDAT's octets
+
+
+class ServerConnection:
+    """One SMTP or LMTP session, server side.
+
+    Args:
+        settings: the listener's limits and names.
+    """
+
+    def __init__(self, settings: CoreSettings) -> None:
+        self.settings = settings
+        self.state = State.CONNECTED
+        #: EHLO keywords the application adds (STARTTLS, AUTH ...), in order
+        self.extra_keywords: list[str] = []
+        self._buf = bytearray()
+        self._out: list[bytes] = []
+        self._eof = False
+        self._reader = _Reader.COMMAND
+        self._pending: Event | None = None  # decision awaiting send()
+        self._pending_verb = ""
+        self._dot = DotReader()
+        self._chunk = ChunkReader()
+        self._bdat_size = 0
+        self._bdat_last = False
+        self._complete_next = False  # message text ended; MessageComplete comes next
+        self._closing = False  # close once the current reply is out
+        self._tx_smtputf8 = False
+        self._tx_recipients = 0
+        self._tx_size = 0
+        self._tx_too_big = False
+
+    # ---- properties ---------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def recipients_accepted(self) -> int:
+        """RCPTs accepted in the current transaction (LMTP replies one per each)."""
+        return self._tx_recipients
+
+    @property
+    def smtputf8(self) -> bool:
+        """The current transaction was opened with MAIL ... SMTPUTF8."""
+        return self._tx_smtputf8
+
+    def keywords(self) -> list[str]:
+        """The EHLO/LHLO keywords announced now (RFC 5321 4.1.1.1)."""
+        s = self.settings
+        size = f"SIZE {s.max_message_size}" if s.max_message_size else "SIZE"
+        base = ["PIPELINING", size, "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"]
+        base += self.extra_keywords
+        return [k for k in base if k.split(" ", 1)[0].upper() not in s.disabled_keywords]
+
+    def _announced(self, keyword: str) -> bool:
+        return keyword not in self.settings.disabled_keywords
+
+    # ---- output -------------------------------------------------------------------
+
+    def greeting(self) -> bytes:
+        """The 220 greeting (RFC 5321 4.3.1; RFC 2033 4.1 for LMTP)."""
+        s = self.settings
+        text = s.greeting or f"{s.hostname} {'LMTP' if s.mode is Mode.LMTP else 'ESMTP'} kittiwake"
+        return Reply(220, "", text).to_bytes()
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def timed_out(self) -> bytes:
+        """The client was idle too long: 421 and close (RFC 5321 4.5.3.2)."""
+        return self.close(R.TIMEOUT)
+
+    def close(self, reply: Reply | None = None) -> bytes:
+        """Close from the server side, with a last reply (e.g. 421 on shutdown).
+
+        Returns:
+            everything still to be written, the last reply included.
+        """
+        self._close(reply)
+        return self.data_to_send()
+
+    def _close(self, reply: Reply | None) -> None:
+        if reply is not None and not self.closed:
+            self._out.append(reply.to_bytes())
+        self.state = State.CLOSED
+
+    # ---- input --------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client; ``b""`` means the client closed its side."""
+        if self.closed:
+            return
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    def events(self) -> Iterator[Event]:
+        """Events until more data is needed; answer each decision before the next."""
+        while True:
+            event = self.next_event()
+            if event is NEED_DATA:
+                return
+            yield event
+            if event is CONNECTION_CLOSED:
+                return
+
+    def next_event(self) -> Event:
+        """The next event, ``NEED_DATA`` or ``CONNECTION_CLOSED``.
+
+        Raises:
+            LocalProtocolError: the previous decision has not been answered.
+        """
+        if self._pending is not None:
+            raise LocalProtocolError(f"answer {self._pending!r} before reading on")
+        while not self.closed:
+            try:
+                event = self._step()
+            except RemoteProtocolError as err:
+                self._close(err.reply)
+                if self._reader in (_Reader.DATA, _Reader.CHUNK):
+                    self._reader = _Reader.COMMAND
+                    return MessageAborted(err.reply.text)
+                return CONNECTION_CLOSED
+            if event is not None:
+                if event.needs_reply:
+                    self._pending = event
+                return event
+        return CONNECTION_CLOSED
+
+    def _step(self) -> Event | None:
+        """Make progress on the buffer: an event, None to loop, NEED_DATA to stop."""
+        if self._complete_next:
+            self._complete_next = False
+            return self._message_end()
+        reader = self._reader
+        if reader is _Reader.DATA:
+            return self._read_dot_text()
+        if reader is _Reader.CHUNK or reader is _Reader.SKIP_CHUNK:
+            return self._read_chunk()
+        line = self._next_line()
+        if line is None:
+            if self._eof:
+                self.state = State.CLOSED
+            return NEED_DATA if not self.closed else None
+        if reader is _Reader.DISCARD_LINE:
+            self._reader = _Reader.COMMAND
+            return None
+        if len(line) > self.settings.max_line_length:
+            self._reply(R.LINE_TOO_LONG)  # RFC 5321 4.5.3.1.4; the session goes on
+            return None
+        try:
+            return self._command(line)
+        except CommandRefused as refused:
+            self._reply(refused.reply)
+            return None
+
+    def _next_line(self) -> bytes | None:
+        """One command line with its CRLF, or None until one is complete.
+
+        Raises:
+            RemoteProtocolError: a bare CR or LF (RFC 5321 2.3.8).
+        """
+        buf = self._buf
+        lf = buf.find(b"\n")
+        if lf < 0:
+            limit = self.settings.max_line_length
+            if len(buf) > limit:
+                # Over-long line still coming: answer now, drop it up to its CRLF.
+                if b"\r" in buf[:-1]:
+                    raise RemoteProtocolError(R.BARE_LINE_ENDING)
+                keep = 1 if buf.endswith(b"\r") else 0
+                del buf[: len(buf) - keep]
+                if self._reader is _Reader.COMMAND:
+                    self._reply(R.LINE_TOO_LONG)
+                    self._reader = _Reader.DISCARD_LINE
+            return None
+        if lf == 0 or buf[lf - 1] != 0x0D or buf.find(b"\r", 0, lf - 1) >= 0:
+            raise RemoteProtocolError(R.BARE_LINE_ENDING)
+        line = bytes(buf[: lf + 1])
+        del buf[: lf + 1]
+        return line
+
+    # ---- commands -----------------------------------------------------------------
+
+    def _command(self, raw: bytes) -> Event | None:
+        try:
+            line = raw[:-2].decode("utf-8")
+        except UnicodeDecodeError:
+            raise CommandRefused(R.BAD_ENCODING) from None
+        if not line:
+            raise CommandRefused(R.EMPTY_LINE)
+        if not line.isprintable():
+            raise CommandRefused(R.BAD_ENCODING)
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        handler = _COMMANDS.get(verb)
+        if handler is None:
+            return Unknown(verb, arg)
+        return handler(self, verb, arg)
+
+    def _sequence(self, verb: str) -> State:
+        """The state a positive reply to ``verb`` leads to, or a 503.
+
+        Raises:
+            CommandRefused: 503 5.5.1 when out of sequence.
+        """
+        state = self.state
+        target = next_state(state, verb)
+        if target is None and verb == "MAIL" and not self.settings.helo_required:
+            target = next_state(state, "MAIL!")
+        if target is not None:
+            return target
+        lmtp = self.settings.mode is Mode.LMTP
+        if state is State.CONNECTED:
+            raise CommandRefused(R.NEED_LHLO if lmtp else R.NEED_HELO)
+        if verb == "MAIL":
+            raise CommandRefused(R.NESTED_MAIL)
+        if verb == "RCPT":
+            raise CommandRefused(R.NEED_MAIL)
+        if verb == "DATA" and state is State.CHUNKING:
+            raise CommandRefused(R.DATA_AFTER_BDAT)
+        if verb in ("DATA", "BDAT"):
+            raise CommandRefused(R.NEED_RCPT if state is State.MAIL else R.NEED_MAIL)
+        raise CommandRefused(R.BAD_SEQUENCE)
+
+    def _hello(self, verb: str, arg: str) -> Event | None:
+        lmtp = self.settings.mode is Mode.LMTP
+        if lmtp != (verb == "LHLO"):
+            if lmtp:
+                raise CommandRefused(R.USE_LHLO)  # RFC 2033 4.1
+            return Unknown(verb, arg)
+        name = arg.strip(" ")
+        if not name or " " in name or not name.isascii():
+            raise CommandRefused(R.HELO_NEEDS_DOMAIN)
+        self._pending_verb = verb
+        return Hello(verb, name)
+
+    def _mail(self, verb: str, arg: str) -> Event | None:
+        self._sequence(verb)
+        if arg[:5].upper() != "FROM:":
+            raise CommandRefused(R.MAIL_SYNTAX)
+        path, rest = parse_path(
+            arg[5:],
+            brackets_required=self.settings.brackets_required,
+            allow_null=True,
+            syntax_error=R.BAD_SENDER_SYNTAX,
+        )
+        params = parse_params(rest)
+        size: int | None = None
+        body: str | None = None
+        auth: str | None = None
+        smtputf8 = False
+        for key, value in params.items():
+            if key == "SIZE" and self._announced("SIZE"):
+                if value is None or not value.isdigit() or len(value) > _MAX_SIZE_DIGITS:
+                    raise CommandRefused(R.BAD_PARAMETER_VALUE)
+                size = int(value)
+            elif key == "BODY" and self._announced("8BITMIME"):
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    raise CommandRefused(R.BAD_PARAMETER_VALUE)
+                body = value.upper()
+            elif key == "SMTPUTF8" and self._announced("SMTPUTF8"):
+                if value is not None:
+                    raise CommandRefused(R.BAD_PARAMETER_VALUE)
+                smtputf8 = True
+            elif key == "AUTH":  # RFC 4954 5: accepted, even unauthenticated
+                if value is None:
+                    raise CommandRefused(R.BAD_PARAMETER_VALUE)
+                auth = decode_xtext(value)
+            else:
+                raise CommandRefused(R.UNKNOWN_PARAMETER)
+        address = path.address if path is not None else ""
+        if not smtputf8 and not address.isascii():
+            raise CommandRefused(R.UTF8_NEEDS_SMTPUTF8)
+        limit = self.settings.max_message_size
+        if size is not None and limit and size > limit:
+            raise CommandRefused(R.MESSAGE_TOO_BIG)  # RFC 1870 6.1
+        self._pending_verb = verb
+        return MailFrom(address, params, size=size, body=body, smtputf8=smtputf8, auth=auth)
+
+    def _rcpt(self, verb: str, arg: str) -> Event | None:
+        self._sequence(verb)
+        if arg[:3].upper() != "TO:":
+            raise CommandRefused(R.RCPT_SYNTAX)
+        path, rest = parse_path(
+            arg[3:],
+            brackets_required=self.settings.brackets_required,
+            allow_null=False,
+            syntax_error=R.BAD_RECIPIENT_SYNTAX,
+        )
+        assert path is not None  # allow_null=False
+        if parse_params(rest):
+            raise CommandRefused(R.UNKNOWN_PARAMETER)  # no DSN (RFC 3461) yet
+        if not self._tx_smtputf8 and not path.address.isascii():
+            raise CommandRefused(R.UTF8_NEEDS_SMTPUTF8)
+        if self._tx_recipients >= self.settings.max_recipients:
+            raise CommandRefused(R.TOO_MANY_RECIPIENTS)  # RFC 5321 4.5.3.1.10: 452
+        self._pending_verb = verb
+        return RcptTo(path.address, {})
+
+    def _data(self, verb: str, arg: str) -> Event | None:
+        if arg:
+            raise CommandRefused(R.NO_ARGUMENTS)
+        self._sequence(verb)
+        self._pending_verb = verb
+        return DataRequested(chunking=False)
+
+    def _bdat(self, verb: str, arg: str) -> Event | None:
+        parts = arg.split(" ")
+        if (
+            not 1 <= len(parts) <= 2
+            or not parts[0].isdigit()
+            or len(parts[0]) > _MAX_SIZE_DIGITS
+            or (len(parts) == 2 and parts[1].upper() != "LAST")
+        ):
+            # The chunk's length is unknown, so its octets cannot be skipped: close.
+            raise RemoteProtocolError(R.BDAT_SYNTAX)
+        self._bdat_size = int(parts[0])
+        self._bdat_last = len(parts) == 2
+        try:
+            self._sequence(verb)
+        except CommandRefused as refused:
+            # RFC 3030 2: the chunk's octets are read and discarded after an error.
+            self._reply(refused.reply)
+            self._start_chunk(skip=True)
+            return None
+        if self.state is State.CHUNKING:
+            self._start_chunk(skip=False)
+            return None
+        self._pending_verb = verb
+        return DataRequested(chunking=True)
+
+    def _rset(self, verb: str, arg: str) -> Event | None:
+        if arg.strip(" "):
+            raise CommandRefused(R.NO_ARGUMENTS)
+        self._reset_transaction()
+        self._reply(R.OK)
+        return Reset()
+
+    def _noop(self, verb: str, arg: str) -> Event | None:
+        self._reply(R.OK)  # RFC 5321 4.1.1.9: a parameter is allowed and ignored
+        return None
+
+    def _quit(self, verb: str, arg: str) -> Event | None:
+        if arg.strip(" "):
+            raise CommandRefused(R.NO_ARGUMENTS)
+        self._pending_verb = verb
+        return Quit()
+
+    def _vrfy(self, verb: str, arg: str) -> Event | None:
+        if not arg.strip(" "):
+            raise CommandRefused(R.ARGUMENT_REQUIRED)
+        self._reply(R.VRFY_CANNOT)  # RFC 5321 3.5.3: no user lookup, no address harvesting
+        return None
+
+    def _expn(self, verb: str, arg: str) -> Event | None:
+        self._reply(R.NOT_IMPLEMENTED)
+        return None
+
+    def _help(self, verb: str, arg: str) -> Event | None:
+        self._reply(R.HELP)
+        return None
+
+    # ---- replies from the application ----------------------------------------------
+
+    def send(self, reply: Reply | Sequence[Reply]) -> None:
+        """Answer the pending decision.
+
+        Args:
+            reply: one reply; for LMTP ``MessageComplete``, one per accepted
+                recipient in RCPT order (RFC 2033 4.2).
+
+        Raises:
+            LocalProtocolError: no decision pending, or the wrong number of replies.
+        """
+        event = self._pending
+        if event is None:
+            raise LocalProtocolError("no decision is pending")
+        self._pending = None
+        if isinstance(event, MessageComplete):
+            replies = [reply] if isinstance(reply, Reply) else list(reply)
+            want = self._tx_recipients if self.settings.mode is Mode.LMTP else 1
+            if len(replies) != want:
+                raise LocalProtocolError(f"{len(replies)} replies for {want} recipients")
+            for r in replies:
+                self._reply(r)
+            self._reset_transaction()
+            self.state = State.GREETED
+            return
+        if not isinstance(reply, Reply):
+            raise LocalProtocolError("one reply expected")
+        verb = self._pending_verb
+        if isinstance(event, Quit):
+            self._reply(reply)
+            self.state = State.CLOSED
+            return
+        if isinstance(event, Unknown):
+            self._reply(reply)
+            return
+        if isinstance(event, DataRequested):
+            self._answer_data(event, reply)
+            return
+        if not reply.positive:
+            self._reply(reply)
+            return
+        target = self._sequence(verb)
+        if isinstance(event, Hello):
+            self._reset_transaction()
+            if event.extended:
+                reply = reply.with_text("\n".join([reply.text, *self.keywords()]))
+        elif isinstance(event, MailFrom):
+            self._tx_smtputf8 = event.smtputf8
+        elif isinstance(event, RcptTo):
+            self._tx_recipients += 1
+        self.state = target
+        self._reply(reply)
+
+    def _answer_data(self, event: DataRequested, reply: Reply) -> None:
+        if reply.code != 354:
+            self._reply(reply)
+            if event.chunking:
+                self._start_chunk(skip=True)
+            return
+        self.state = self._sequence(self._pending_verb)
+        self._tx_size = 0
+        self._tx_too_big = False
+        if event.chunking:
+            self._start_chunk(skip=False)
+        else:
+            self._reply(reply)
+            self._dot = DotReader()
+            self._reader = _Reader.DATA
+
+    def _reply(self, reply: Reply) -> None:
+        self._out.append(reply.to_bytes())
+
+    def _reset_transaction(self) -> None:
+        if self.state in (State.MAIL, State.RCPT, State.CHUNKING, State.DATA):
+            self.state = State.GREETED
+        self._tx_smtputf8 = False
+        self._tx_recipients = 0
+        self._tx_size = 0
+        self._tx_too_big = False
+        self._chunk = ChunkReader()
+
+    # ---- message text -------------------------------------------------------------
+
+    def _count(self, text: bytes) -> bytes:
+        """Count message octets; past the limit, drop the text (RFC 1870 6.3)."""
+        self._tx_size += len(text)
+        limit = self.settings.max_message_size
+        if limit and self._tx_size > limit:
+            self._tx_too_big = True
+        return b"" if self._tx_too_big else text
+
+    def _read_dot_text(self) -> Event | None:
+        try:
+            text, done = self._dot.read(self._buf)
+        except BareLineEnding:
+            raise RemoteProtocolError(R.BARE_LINE_ENDING_DATA) from None
+        if done:
+            self._reader = _Reader.COMMAND
+        text = self._count(text)
+        if text:
+            self._complete_next = done
+            return MessageData(text)
+        if done:
+            return self._message_end()
+        if self._eof:
+            self._reader = _Reader.COMMAND
+            self.state = State.CLOSED
+            return MessageAborted("connection closed during DATA")
+        return NEED_DATA
+
+    def _start_chunk(self, *, skip: bool) -> None:
+        self._chunk.start(self._bdat_size)
+        self._reader = _Reader.SKIP_CHUNK if skip else _Reader.CHUNK
+
+    def _read_chunk(self) -> Event | None:
+        chunk = self._chunk
+        if chunk.remaining and not self._buf:
+            if self._eof:
+                skipping = self._reader is _Reader.SKIP_CHUNK
+                self._reader = _Reader.COMMAND
+                self.state = State.CLOSED
+                return None if skipping else MessageAborted("connection closed during BDAT")
+            return NEED_DATA
+        if self._reader is _Reader.SKIP_CHUNK:
+            n = min(chunk.remaining, len(self._buf))
+            del self._buf[:n]
+            chunk.remaining -= n
+            if not chunk.remaining:
+                self._reader = _Reader.COMMAND
+            return None
+        try:
+            text = chunk.read(self._buf)
+            if not chunk.remaining and self._bdat_last:
+                chunk.finish()
+        except BareLineEnding:
+            raise RemoteProtocolError(R.BARE_LINE_ENDING_DATA) from None
+        text = self._count(text)
+        if not chunk.remaining:
+            self._reader = _Reader.COMMAND
+            if self._bdat_last:
+                self._complete_next = bool(text)
+                return MessageData(text) if text else self._message_end()
+            if self._tx_too_big:
+                return self._message_end()
+            self._reply(Reply(250, "2.0.0", f"{self._bdat_size} octets received"))
+        return MessageData(text) if text else None
+
+    def _message_end(self) -> Event:
+        if self._tx_too_big:
+            self._reply(R.MESSAGE_TOO_BIG)
+            self._reset_transaction()
+            return MessageAborted("message too big")
+        return MessageComplete(self._tx_size)
+
+
+_COMMANDS = {
+    "HELO": ServerConnection._hello,
+    "EHLO": ServerConnection._hello,
+    "LHLO": ServerConnection._hello,
+    "MAIL": ServerConnection._mail,
+    "RCPT": ServerConnection._rcpt,
+    "DATA": ServerConnection._data,
+    "BDAT": ServerConnection._bdat,
+    "RSET": ServerConnection._rset,
+    "NOOP": ServerConnection._noop,
+    "QUIT": ServerConnection._quit,
+    "VRFY": ServerConnection._vrfy,
+    "EXPN": ServerConnection._expn,
+    "HELP": ServerConnection._help,
+}
