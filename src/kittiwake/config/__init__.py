@@ -1,1 +1,24 @@
+"""Configuration: James's XML files in, frozen dataclasses out (see ``loader.py``)."""
 
+from kittiwake.config.loader import ConfigError, HostLookup, format_report, load_config
+from kittiwake.config.model import (
+    Bind,
+    Config,
+    DomainListConfig,
+    ListenerConfig,
+    Protocol,
+    ServerOptions,
+)
+
+__all__ = [
+    "Bind",
+    "Config",
+    "ConfigError",
+    "DomainListConfig",
+    "HostLookup",
+    "ListenerConfig",
+    "Protocol",
+    "ServerOptions",
+    "format_report",
+    "load_config",
+]

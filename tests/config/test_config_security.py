@@ -1,0 +1,193 @@
+"""Fail closed: security options kittiwake lacks stop the start, harmless values do not."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from kw_config_helpers import LISTENER
+
+from kittiwake.config import Config, ConfigError
+
+Load = Callable[..., Config]
+LoadError = Callable[..., ConfigError]
+CORE = "org.apache.james.smtpserver.CoreCmdHandlerLoader"
+NOAUTH = "org.apache.james.smtpserver.NoAuthCmdHandlerLoader"
+VALIDRCPT = "org.apache.james.smtpserver.fastfail.ValidRcptHandler"
+
+
+@pytest.mark.parametrize(
+    ("body", "element", "reason"),
+    [
+        ('<tls socketTLS="true"/>', "<tls>", 'TLS is not implemented yet (socketTLS="true")'),
+        ('<tls startTLS="True"/>', "<tls>", 'TLS is not implemented yet (startTLS="true")'),
+        ("<auth><announce>always</announce></auth>", "<auth>/<announce>", "AUTH is not"),
+        (
+            "<auth><announce>forUnauthorizedAddresses</announce></auth>",
+            "<auth>/<announce>",
+            "AUTH is not implemented yet (forUnauthorizedAddresses); set it to never",
+        ),
+        ("<auth><required>true</required></auth>", "<auth>/<required>", "AUTH is not"),
+        (
+            "<auth><announce>never</announce><oidc><claim>email</claim></oidc></auth>",
+            "<auth>/<oidc>",
+            "AUTH is not implemented yet",
+        ),
+        ("<auth><saslMechanisms>PLAIN</saslMechanisms></auth>", "<auth>/<saslMechanisms>", "AUTH"),
+        ("<auth.announce>never</auth.announce>", "<auth.announce>", "nested"),
+        ("<auth.required>false</auth.required>", "<auth.required>", "AUTH is not"),
+        ("<authRequired>true</authRequired>", "<authRequired>", "AUTH is not implemented yet"),
+        ("<authRequired>announce</authRequired>", "<authRequired>", "AUTH is not"),
+        (
+            "<authorizedAddresses>127.0.0.0/8</authorizedAddresses>",
+            "<authorizedAddresses>",
+            "relay",
+        ),
+        ("<authorizedAddresses/>", "<authorizedAddresses>", "relaying for trusted networks"),
+        ("<verifyIdentity>true</verifyIdentity>", "<verifyIdentity>", "identity verification"),
+        ("<verifyIdentity>strict</verifyIdentity>", "<verifyIdentity>", "not implemented"),
+        ("<verifyIdentity>Relaxed</verifyIdentity>", "<verifyIdentity>", "not implemented"),
+        ("<proxyRequired>true</proxyRequired>", "<proxyRequired>", "PROXY protocol"),
+        (
+            '<handlerchain><handler class="org.apache.james.smtpserver.fastfail.DNSRBLHandler">'
+            "</handler></handlerchain>",
+            '<handlerchain>/<handler class="org.apache.james.smtpserver.fastfail.DNSRBLHandler">',
+            "custom SMTP handlers are not implemented yet",
+        ),
+        (
+            '<handlerchain><handler class="org.apache.james.smtpserver.fastfail.MaxRcptHandler">'
+            "<maxRcpt>10</maxRcpt></handler></handlerchain>",
+            '<handlerchain>/<handler class="org.apache.james.smtpserver.fastfail.MaxRcptHandler">',
+            "custom SMTP handlers",
+        ),
+        (
+            "<handlerchain><handler/></handlerchain>",
+            '<handlerchain>/<handler class="">',
+            "custom SMTP handlers",
+        ),
+        (
+            '<handlerchain coreHandlersPackage="org.example.MyLoader"/>',
+            "<handlerchain>/@coreHandlersPackage",
+            "custom core handlers (org.example.MyLoader)",
+        ),
+        (
+            '<handlerchain jmxHandlersPackage="org.example.Jmx"/>',
+            "<handlerchain>/@jmxHandlersPackage",
+            "custom JMX handlers",
+        ),
+        ("<useTLS>true</useTLS>", "<useTLS>", "TLS is not implemented yet"),
+        ("<serverSocketType>ssl</serverSocketType>", "<serverSocketType>", "TLS is not"),
+    ],
+)
+def test_refused(smtp_error: LoadError, body: str, element: str, reason: str) -> None:
+    error = smtp_error(body)
+    assert len(error.problems) == 1
+    assert error.element == f"{LISTENER}/{element}"
+    assert reason in error.reason
+
+
+@pytest.mark.parametrize(
+    ("body", "element", "reason"),
+    [
+        ('<tls socketTLS="true" startTLS="true"/>', "<tls>", "cannot both be true"),
+        ('<tls socketTLS="yes"/>', "<tls>/@socketTLS", "not a boolean"),
+        ("<auth><announce>sometimes</announce></auth>", "<auth>/<announce>", "not never"),
+        ("<auth><required>maybe</required></auth>", "<auth>/<required>", "not a boolean"),
+        ("<auth><requireSSL>1</requireSSL></auth>", "<auth>/<requireSSL>", "not a boolean"),
+        ("<authRequired>sometimes</authRequired>", "<authRequired>", "not true, false or"),
+        ("<verifyIdentity>perhaps</verifyIdentity>", "<verifyIdentity>", "not strict"),
+        ("<proxyRequired>nope</proxyRequired>", "<proxyRequired>", "not a boolean"),
+        ('<handlerchain enableJmx="x"/>', "<handlerchain>/@enableJmx", "not a boolean"),
+    ],
+)
+def test_bad_values(smtp_error: LoadError, body: str, element: str, reason: str) -> None:
+    error = smtp_error(body)
+    assert error.element == f"{LISTENER}/{element}"
+    assert reason in error.reason
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ("<tls/>", "<tls> (TLS is off: socketTLS and startTLS are false)"),
+        (
+            '<tls socketTLS="FALSE" startTLS="false"><keystore>x</keystore></tls>',
+            "<tls> (TLS is off: socketTLS and startTLS are false)",
+        ),
+        ("<auth/>", "<auth> (AUTH is never announced nor required)"),
+        (
+            "<auth><announce>NEVER</announce><required>false</required>"
+            "<requireSSL>true</requireSSL><plainAuthEnabled>false</plainAuthEnabled></auth>",
+            "<auth> (AUTH is never announced nor required)",
+        ),
+        ("<authRequired>false</authRequired>", "<authRequired> (false: AUTH is not offered)"),
+        ("<verifyIdentity>false</verifyIdentity>", "<verifyIdentity> (false: no sender"),
+        ("<verifyIdentity>disabled</verifyIdentity>", "<verifyIdentity> (disabled: no sender"),
+        ("<proxyRequired>false</proxyRequired>", "<proxyRequired> (false: no PROXY protocol)"),
+        ("<useTLS>false</useTLS>", "<useTLS> (false: TLS is off)"),
+        ("<serverSocketType>plain</serverSocketType>", "<serverSocketType> (plain sockets)"),
+        (
+            f'<handlerchain><handler class="{VALIDRCPT}"/><handler class="{CORE}"/></handlerchain>',
+            "<handlerchain> (core handlers only; kittiwake's built-in checks are used)",
+        ),
+        (
+            f'<handlerchain coreHandlersPackage="{NOAUTH}" enableJmx="true" '
+            'jmxHandlersPackage="org.apache.james.smtpserver.jmx.JMXHandlersLoader">'
+            f'<handler class="{VALIDRCPT}"/></handlerchain>',
+            "<handlerchain> (core handlers only",
+        ),
+        ("<handlerchain/>", "<handlerchain> (core handlers only"),
+    ],
+)
+def test_harmless_values_are_named(load_smtp: Load, body: str, named: str) -> None:
+    config = load_smtp(body)
+    assert len(config.listeners) == 1
+    assert config.unimplemented[-1].startswith(f"smtpserver.xml: {LISTENER}/{named}")
+
+
+def test_authrequired_true_is_refused_even_when_announce_says_never(
+    smtp_error: LoadError,
+) -> None:
+    # James would let <auth><announce> win; each element is judged on its own here.
+    error = smtp_error("<authRequired>true</authRequired><auth><announce>never</announce></auth>")
+    assert [p.element for p in error.problems] == [f"{LISTENER}/<authRequired>"]
+
+
+def test_harmless_handler_options_are_named(load_smtp: Load) -> None:
+    config = load_smtp(
+        f'<handlerchain><handler class="{VALIDRCPT}"><vut>true</vut></handler>'
+        "<note/></handlerchain>"
+    )
+    assert config.unimplemented == (
+        f'smtpserver.xml: {LISTENER}/<handlerchain>/<handler class="{VALIDRCPT}">/<vut> '
+        "(handler option)",
+        f"smtpserver.xml: {LISTENER}/<handlerchain>/<note> (not a <handler>)",
+        f"smtpserver.xml: {LISTENER}/<handlerchain> (core handlers only; kittiwake's "
+        "built-in checks are used)",
+    )
+
+
+def test_refusals_come_in_document_order_across_listeners(smtp_error: LoadError) -> None:
+    xml = (
+        "<smtpservers>"
+        "<smtpserver><jmxName>a</jmxName><bind>127.0.0.1:25</bind>"
+        "<verifyIdentity>true</verifyIdentity><tls startTLS='true'/></smtpserver>"
+        "<smtpserver><jmxName>b</jmxName><bind>127.0.0.1:587</bind>"
+        "<authorizedAddresses>127.0.0.1</authorizedAddresses></smtpserver>"
+        "</smtpservers>"
+    )
+    error = smtp_error(xml, raw=True)
+    assert [p.element for p in error.problems] == [
+        '<smtpserver name="a">/<verifyIdentity>',
+        '<smtpserver name="a">/<tls>',
+        '<smtpserver name="b">/<authorizedAddresses>',
+    ]
+
+
+def test_tls_attributes_other_than_the_two_modes_are_named(load_smtp: Load) -> None:
+    # James reads only @socketTLS and @startTLS; <tls enabled="true"> turns nothing on.
+    config = load_smtp('<tls enabled="true"/>')
+    assert config.unimplemented == (
+        f"smtpserver.xml: {LISTENER}/<tls>/@enabled",
+        f"smtpserver.xml: {LISTENER}/<tls> (TLS is off: socketTLS and startTLS are false)",
+    )
