@@ -1,0 +1,94 @@
+"""The envelope of a spooled message and its record in a spool log segment.
+
+A record is one line: ``\\n`` + compact JSON + ``\\t`` + CRC-32 of the JSON (8 hex
+digits). The line *starts* with its newline so that a record torn by a crash or a full
+disk is always followed by a clean line start: the torn bytes form one line that fails
+its CRC and is skipped, and the records after it still parse. JSON escapes every
+control character, so neither the tab nor the newline can appear inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Envelope", "decode_record", "encode_record", "iter_records"]
+
+_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the SMTP/LMTP transaction said about a message, kept beside its data."""
+
+    #: the spool queue ID (12 characters, see :mod:`kittiwake.queue._qid`)
+    queue_id: str
+    #: the reverse-path as received, without brackets; "" for the null sender <>
+    sender: str
+    #: forward-paths as received, in RCPT order (the index is the recipient's number)
+    recipients: tuple[str, ...]
+    #: the client's IP address
+    client_address: str
+    #: the name the client gave in HELO/EHLO/LHLO
+    helo: str
+    #: Unix time (seconds) at which the message was received
+    received_at: float
+    #: "SMTP", "ESMTP", "ESMTPS", "ESMTPSA", "LMTP", ... (RFC 3848 ``with`` keywords)
+    protocol: str
+    #: bytes of message data in the spool file (trace headers included)
+    size: int
+
+
+def encode_record(env: Envelope) -> bytes:
+    """Return the log line for ``env`` (leading newline, no trailing newline)."""
+    # ensure_ascii keeps any str (even lone surrogates from surrogateescape) encodable.
+    body = json.dumps(
+        {
+            "v": _VERSION,
+            "id": env.queue_id,
+            "from": env.sender,
+            "to": env.recipients,
+            "client": env.client_address,
+            "helo": env.helo,
+            "t": env.received_at,
+            "proto": env.protocol,
+            "size": env.size,
+        },
+        separators=(",", ":"),
+    ).encode("ascii")
+    return b"\n%s\t%08x" % (body, zlib.crc32(body))
+
+
+def decode_record(line: bytes) -> Envelope | None:
+    """Parse one log line (without newlines); None if it is torn, corrupt or unknown."""
+    body, sep, crc = line.rpartition(b"\t")
+    if not sep or len(crc) != 8:
+        return None
+    try:
+        if int(crc, 16) != zlib.crc32(body):
+            return None
+        obj: dict[str, Any] = json.loads(body)
+        if obj.get("v") != _VERSION:
+            return None
+        return Envelope(
+            queue_id=str(obj["id"]),
+            sender=str(obj["from"]),
+            recipients=tuple(str(r) for r in obj["to"]),
+            client_address=str(obj["client"]),
+            helo=str(obj["helo"]),
+            received_at=float(obj["t"]),
+            protocol=str(obj["proto"]),
+            size=int(obj["size"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def iter_records(data: bytes) -> Iterator[tuple[Envelope | None, bytes]]:
+    """Yield ``(envelope or None, raw line)`` for every non-empty line of a segment."""
+    for line in data.split(b"\n"):
+        if line:
+            yield decode_record(line), line

@@ -1,0 +1,587 @@
+"""The durable spool: ``250`` after DATA is sent only once :meth:`SpoolWriter.commit`
+has returned, and by then the message and its envelope are on disk and fsynced.
+
+Theory of operation
+-------------------
+Each process owns a *slot* directory ``DATA/spool/NN/`` (:mod:`._slots`), so it never
+contends with other processes for names, and a crashed process's messages are taken over
+whole by whoever locks its slot next.
+
+A message costs one file: its data, ``NN/<QUEUEID>``, holding exactly the bytes its
+mailboxes will get (Return-Path and Received first), so that delivery can hard-link it
+into each Maildir instead of copying (:mod:`kittiwake.delivery.maildir`). The envelope
+is not a second file: it is one record appended to the slot's log segment, and the
+appends of every commit that arrives while a flush is under way are written and
+fsynced together (group commit). Per message that saves the creation, fsync, rename and
+unlink of an envelope file, which on this 2-core box cost more CPU than everything else
+the spool does (file creation alone is ~30 µs of kernel time, and each fsync more).
+
+Commit, in a worker thread (the event loop never waits on the disk):
+
+1. create the data file if it is still only in memory (a small message is written in
+   one go at commit; a large one spills to the file as it streams), ``fsync`` it;
+2. queue its record for the next group flush, and wait for that flush, which does:
+   ``fsync(NN/)`` (the names of every data file committed so far are durable), one
+   ``write`` of all queued records, ``fdatasync`` of the segment.
+
+The record is the commit point. A crash before it leaves a data file without a record
+(removed by recovery); a crash in the middle of it leaves a torn record (skipped:
+records are checksummed lines). After delivery the data file is unlinked; a record
+whose data file is gone is finished, so no "done" record is needed. Segments are
+rotated at :attr:`Spool.segment_bytes`; a segment is deleted once none of its entries
+is pending, and still-pending records are copied forward out of old segments so a
+message stuck in the queue does not pin a series of segment files.
+
+Concurrency: commits run in the spool's own worker threads (:mod:`._committer`); the
+flush is done by whichever thread finds none running, so one ``fsync`` covers every
+commit prepared before it started. Delivery calls :meth:`Spool.remove` from its own
+threads; :attr:`Spool._state` (a lock) guards the bookkeeping they share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from kittiwake.queue import _slots
+from kittiwake.queue._committer import GroupCommitter
+from kittiwake.queue._envelope import Envelope, encode_record, iter_records
+from kittiwake.queue._qid import MAX_SLOTS, QueueIdAllocator, is_queue_id
+from kittiwake.queue._slots import SlotState
+
+__all__ = ["Envelope", "Spool", "SpoolEntry", "SpoolWriter", "list_spool"]
+
+log = logging.getLogger("kittiwake.queue")
+
+_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+#: the queue-ID clock floor is saved this far ahead of the IDs actually issued, so it
+#: only needs rewriting about once a second
+_FLOOR_MARGIN_MS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """A committed message waiting for delivery."""
+
+    envelope: Envelope
+    #: the message data file (hard-link source); read it, never write it
+    data_path: str
+    #: the slot that holds it
+    slot: int
+    #: True if it was found at start or taken over from a dead process: a delivery may
+    #: already have happened, so the deliverer must check before delivering
+    recovered: bool
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _Commit:
+    """What a commit hands the worker threads."""
+
+    __slots__ = ("data", "entry", "fd", "record")
+
+    def __init__(self, entry: SpoolEntry, fd: int, data: bytes | None, record: bytes) -> None:
+        self.entry = entry
+        self.fd = fd  # the spilled data file, or -1: create it from ``data``
+        self.data = data
+        self.record = record
+
+
+class SpoolWriter:
+    """One message being received. Not thread-safe; use it from the event loop."""
+
+    __slots__ = ("_buffer", "_buffered", "_fd", "_spool", "_state", "path", "queue_id", "size")
+
+    def __init__(self, spool: Spool, queue_id: str, path: str) -> None:
+        #: the message's queue ID (name it in the 250 reply)
+        self.queue_id = queue_id
+        #: the data file (it exists only once the message outgrew the memory buffer)
+        self.path = path
+        #: bytes written so far
+        self.size = 0
+        self._spool = spool
+        self._fd = -1
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._state = "open"  # open -> committing -> committed | failed; or aborted
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk`` to the message.
+
+        Small messages stay in memory until commit; past
+        :attr:`Spool.memory_threshold` bytes the data goes to the file as it comes, so
+        memory use stays bounded whatever the message size.
+
+        Raises:
+            OSError: the file could not be written (``ENOSPC``: reply 452 4.3.1 and
+                call :meth:`abort`).
+            RuntimeError: the writer was already committed or aborted.
+        """
+        if self._state != "open":
+            raise RuntimeError(f"{self.queue_id}: write after {self._state}")
+        self.size += len(chunk)
+        if self._fd >= 0:
+            _write_all(self._fd, chunk)
+            return
+        self._buffer.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > self._spool.memory_threshold:
+            # A blocking create on the loop, but only once per large message.
+            self._fd = os.open(self.path, _O_NEW, 0o600)
+            data, self._buffer, self._buffered = b"".join(self._buffer), [], 0
+            _write_all(self._fd, data)
+
+    async def commit(self, envelope: Envelope) -> None:
+        """Make the message durable; only once this returns may the caller send 250.
+
+        If the calling task is cancelled while this waits, the commit still completes
+        or fails on its own (and a committed message is still delivered).
+
+        Args:
+            envelope: with ``queue_id == self.queue_id`` and ``size == self.size``.
+
+        Raises:
+            OSError: the disk refused (``ENOSPC``, ``EIO``...); nothing of the message is
+                left that recovery would deliver. Reply 452 4.3.1 (or 451).
+            ValueError: the envelope does not match this writer.
+            RuntimeError: already committed or aborted.
+        """
+        if self._state != "open":
+            raise RuntimeError(f"{self.queue_id}: commit after {self._state}")
+        if envelope.queue_id != self.queue_id or envelope.size != self.size:
+            raise ValueError(
+                f"{self.queue_id}: envelope says {envelope.queue_id}/{envelope.size} bytes,"
+                f" writer has {self.size} bytes"
+            )
+        committer = self._spool._committer
+        if committer is None:
+            raise RuntimeError("spool is not open")
+        self._state = "committing"
+        data = b"".join(self._buffer) if self._fd < 0 else None
+        self._buffer = []
+        fd, self._fd = self._fd, -1
+        entry = SpoolEntry(envelope, self.path, self._spool.slot, False)
+        try:
+            await committer.commit(_Commit(entry, fd, data, encode_record(envelope)))
+        except asyncio.CancelledError:
+            # The commit goes on in its thread; if it succeeds the message is delivered
+            # (the client just never hears 250). State stays "committing": abort() is
+            # then a no-op, so it cannot remove a message that did get committed.
+            raise
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._state = "committed"
+
+    def abort(self) -> None:
+        """Throw the message away (idempotent). After a successful :meth:`commit`, or
+        while one is in progress, this does nothing: a committed message is never lost
+        by an abort."""
+        if self._state in ("committing", "committed", "aborted"):
+            return
+        self._state = "aborted"
+        self._buffer = []
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        # A failed commit already removed its file; "open" may have spilled to disk.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class Spool:
+    """The spool under ``root`` (``DATA/spool``), as seen by one process.
+
+    Call :meth:`open` (or use ``with``) before anything else; it takes a slot and
+    recovers what a previous owner left. Methods marked *blocking* do file I/O; call
+    them from a thread when the event loop is running.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        threads: int = 32,
+        segment_bytes: int = 4 << 20,
+        memory_threshold: int = 64 << 10,
+    ) -> None:
+        """Args:
+        root: the spool directory, created 0700 if missing.
+        threads: worker threads for commits. A commit holds one for about two
+            fsyncs; commits beyond this many wait for a thread (they are not lost).
+        segment_bytes: rotate the envelope log past this size.
+        memory_threshold: bytes a message may hold in memory before it spills to
+            its file (bounds memory per session).
+        """
+        self.root = root
+        self.segment_bytes = segment_bytes
+        self.memory_threshold = memory_threshold
+        self._root = str(root)
+        self._threads = threads
+        self._committer: GroupCommitter[_Commit] | None = None
+        self._primary: SlotState | None = None
+        self._slots: dict[int, SlotState] = {}
+        self._alloc: QueueIdAllocator | None = None
+        self._saved_floor = 0
+        self._ready: list[SpoolEntry] = []
+        self._listeners: list[Callable[[], object]] = []
+        # Guards the SlotState maps and _ready (commit, delivery and loop threads).
+        self._state = threading.Lock()
+        self._seg_fd = -1
+        self._seg_size = 0
+        self._seg_broken = False
+        self._dir_fd = -1
+        #: group flushes done (for tests and measurements)
+        self.flushes = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def slot(self) -> int:
+        """This process's slot (the ``NN`` in ``spool/NN/`` and in its queue IDs)."""
+        if self._primary is None:
+            raise RuntimeError("spool is not open")
+        return self._primary.number
+
+    def open(self) -> None:
+        """Take a slot and recover its entries, then adopt dead processes' slots
+        (*blocking*). Recovered entries are returned by the next :meth:`take_ready`.
+
+        Raises:
+            OSError: the spool directory is unusable.
+            RuntimeError: already open, or all 256 slots are held by live processes.
+        """
+        if self._primary is not None:
+            raise RuntimeError("spool is already open")
+        os.makedirs(self._root, mode=0o700, exist_ok=True)
+        for number in range(MAX_SLOTS):
+            fd = _slots.lock_slot(self._root, number, create=True)
+            if fd is None:
+                continue
+            state = SlotState(
+                number, os.path.join(self._root, _slots.slot_dir_name(number)), fd, primary=True
+            )
+            try:
+                self._take_over(state)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._primary = state
+            break
+        else:
+            raise RuntimeError(f"{self._root}: all {MAX_SLOTS} spool slots are in use")
+        self._alloc = QueueIdAllocator(self._primary.number, floor_ms=self._primary.floor_ms)
+        self._saved_floor = 0  # saved by the first begin()
+        self._dir_fd = os.open(self._primary.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._committer = GroupCommitter(
+            self._threads, self._prepare, self._flush, self._abandon, self._notify
+        )
+        self.adopt_orphans()
+
+    def _take_over(self, state: SlotState) -> int:
+        envelopes = _slots.recover_slot(state)
+        entries = [
+            SpoolEntry(e, os.path.join(state.path, e.queue_id), state.number, True)
+            for e in envelopes
+        ]
+        with self._state:
+            self._slots[state.number] = state
+            self._ready.extend(entries)
+        if entries:
+            log.info("spool %s: recovered %d message(s)", state.path, len(entries))
+        return len(entries)
+
+    def adopt_orphans(self) -> int:
+        """Take over the slots of processes that died (*blocking*); their entries are
+        returned by the next :meth:`take_ready`. Cheap when there are none.
+
+        Returns:
+            The number of entries taken over.
+        """
+        taken = 0
+        for name in sorted(os.listdir(self._root)):
+            number = _slots.parse_slot_dir_name(name)
+            if number is None or number in self._slots:
+                continue
+            fd = _slots.lock_slot(self._root, number, create=False)
+            if fd is None:
+                continue
+            state = SlotState(number, os.path.join(self._root, name), fd, primary=False)
+            try:
+                found = self._take_over(state)
+            except BaseException:
+                with self._state:
+                    self._slots.pop(number, None)
+                os.close(fd)
+                raise
+            taken += found
+            if not found:
+                with self._state:
+                    self._slots.pop(number, None)
+                _slots.release_slot(state, drop_segments=True)
+        return taken
+
+    def close(self) -> None:
+        """Stop using the spool (*blocking*). Pending entries stay on disk for the next
+        start; a slot with nothing pending keeps only its lock file. Writers still open are left for
+        recovery to clean up."""
+        if self._committer is not None:
+            self._committer.shutdown()
+            self._committer = None
+        if self._seg_fd >= 0:
+            os.close(self._seg_fd)
+            self._seg_fd = -1
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+        with self._state:
+            slots, self._slots, self._primary = list(self._slots.values()), {}, None
+            self._ready = []
+        for state in slots:
+            _slots.release_slot(state, drop_segments=not state.where)
+
+    def __enter__(self) -> Spool:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- receiving -------------------------------------------------------------
+
+    def begin(self) -> SpoolWriter:
+        """Start a message: allocate its queue ID. Cheap; no file is created yet.
+
+        Raises:
+            RuntimeError: the spool is not open.
+        """
+        primary, alloc = self._primary, self._alloc
+        if primary is None or alloc is None:
+            raise RuntimeError("spool is not open")
+        qid = alloc.next()
+        if alloc.high_water_ms >= self._saved_floor:
+            self._save_floor()
+        return SpoolWriter(self, qid, f"{primary.path}/{qid}")
+
+    def _save_floor(self) -> None:
+        assert self._primary is not None and self._alloc is not None
+        # No fsync: the floor only guards against a wall clock set back across a
+        # restart, and it survives a process crash in the page cache.
+        self._saved_floor = self._alloc.high_water_ms + _FLOOR_MARGIN_MS
+        _slots.save_floor(self._primary.lock_fd, self._saved_floor)
+
+    def add_listener(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` on the event loop after every successful commit (the
+        runner's ``wake``)."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    # -- the two halves of a commit (worker threads, see _committer) ----------------
+
+    @staticmethod
+    def _prepare(commit: _Commit) -> None:
+        """Write (if still in memory) and fsync the data file."""
+        fd, commit.fd = commit.fd, -1
+        try:
+            if fd < 0:
+                fd = os.open(commit.entry.data_path, _O_NEW, 0o600)
+            if commit.data:
+                _write_all(fd, commit.data)
+            os.fsync(fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    @staticmethod
+    def _abandon(commit: _Commit) -> None:
+        """A failed commit leaves no data file behind (a record that did reach the disk
+        without its data file counts as finished, so it is harmless)."""
+        if commit.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(commit.fd)
+            commit.fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(commit.entry.data_path)
+
+    def _flush(self, batch: Sequence[_Commit]) -> None:
+        """Append one batch of records durably. Called by one thread at a time."""
+        primary = self._primary
+        assert primary is not None
+        carried: list[tuple[str, bytes]] = []
+        if self._seg_fd < 0 or self._seg_size >= self.segment_bytes or self._seg_broken:
+            carried = self._rotate(primary)
+        records = [c.record for c in batch]
+        if carried:
+            records[:0] = [rec for _q, rec in carried]
+        payload = b"".join(records)
+        # The directory fsync makes the names of the data files (and of a new segment)
+        # durable before any record that points at them.
+        os.fsync(self._dir_fd)
+        offset = self._seg_size
+        try:
+            _pwrite_all(self._seg_fd, payload, offset)
+            os.fdatasync(self._seg_fd)
+        except BaseException:
+            # A partial append is harmless (records are checksummed, start with "\n"),
+            # but cut it off if we can, and start a fresh segment next time: after a
+            # failed fsync the file's state is unknown.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._seg_fd, offset)
+            self._seg_broken = True
+            raise
+        self._seg_size = offset + len(payload)
+        self.flushes += 1
+        number = primary.current
+        stale: list[int] = []
+        with self._state:
+            counts, where, saved = primary.counts, primary.where, primary.records
+            for qid, _rec in carried:
+                old = where.get(qid)
+                if old is not None and old != number:
+                    where[qid] = number
+                    counts[old] -= 1
+                    counts[number] = counts.get(number, 0) + 1
+            for c in batch:
+                qid = c.entry.envelope.queue_id
+                where[qid] = number
+                saved[qid] = c.record
+                self._ready.append(c.entry)
+            counts[number] = counts.get(number, 0) + len(batch)
+            for seg, n in list(counts.items()):
+                if n == 0 and seg != number:
+                    del counts[seg]
+                    stale.append(seg)
+        for seg in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(primary.segment_path(seg))
+
+    def _rotate(self, primary: SlotState) -> list[tuple[str, bytes]]:
+        """Open a new segment; return the pending entries to copy into it (those whose
+        record sits in a segment older than the one just closed)."""
+        previous = primary.current
+        number = primary.last_segment + 1
+        fd = os.open(primary.segment_path(number), _O_NEW, 0o600)
+        if self._seg_fd >= 0:
+            os.close(self._seg_fd)
+        self._seg_fd, self._seg_size, self._seg_broken = fd, 0, False
+        with self._state:
+            primary.current = primary.last_segment = number
+            return [(q, primary.records[q]) for q, seg in primary.where.items() if seg != previous]
+
+    # -- delivering ------------------------------------------------------------
+
+    def take_ready(self) -> list[SpoolEntry]:
+        """Return the entries committed or recovered since the last call (each entry
+        exactly once; the caller delivers it and then calls :meth:`remove`)."""
+        with self._state:
+            ready, self._ready = self._ready, []
+        return ready
+
+    def remove(self, entries: Iterable[SpoolEntry]) -> None:
+        """Drop delivered (or finally failed) entries from the spool (*blocking*).
+
+        Call only once the delivery is durable and journalled: the data file is
+        unlinked, which is what marks the entry finished.
+        """
+        entries = list(entries)
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.data_path)
+        stale: list[str] = []
+        released: list[SlotState] = []
+        with self._state:
+            for entry in entries:
+                state = self._slots.get(entry.slot)
+                if state is None:
+                    continue
+                qid = entry.envelope.queue_id
+                seg = state.where.pop(qid, None)
+                state.records.pop(qid, None)
+                if seg is None:
+                    continue
+                left = state.counts[seg] = state.counts[seg] - 1
+                if left == 0 and seg != state.current:
+                    del state.counts[seg]
+                    stale.append(state.segment_path(seg))
+                if not state.primary and not state.where:
+                    del self._slots[state.number]
+                    released.append(state)
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        for state in released:
+            _slots.release_slot(state, drop_segments=True)
+
+    @property
+    def pending(self) -> int:
+        """Entries held by this process and not yet removed."""
+        with self._state:
+            return sum(len(s.where) for s in self._slots.values())
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def list_spool(root: Path) -> list[SpoolEntry]:
+    """Every message in the spool, whichever process holds it (read-only, no locks:
+    an entry being committed or delivered right now may or may not be listed).
+
+    Args:
+        root: the spool directory.
+
+    Returns:
+        Entries oldest first, ``recovered`` False.
+    """
+    out: list[SpoolEntry] = []
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        number = _slots.parse_slot_dir_name(name)
+        if number is None:
+            continue
+        path = os.path.join(root, name)
+        try:
+            files = os.listdir(path)
+        except FileNotFoundError:
+            continue
+        data = {f for f in files if is_queue_id(f)}
+        found: dict[str, Envelope] = {}
+        for f in sorted(files):
+            if f.startswith(_slots.SEGMENT_PREFIX):
+                try:
+                    with open(os.path.join(path, f), "rb") as fh:
+                        content = fh.read()
+                except FileNotFoundError:
+                    continue
+                for env, _raw in iter_records(content):
+                    if env is not None and env.queue_id in data:
+                        found[env.queue_id] = env
+        out.extend(SpoolEntry(e, os.path.join(path, q), number, False) for q, e in found.items())
+    out.sort(key=lambda e: e.envelope.queue_id)
+    return out

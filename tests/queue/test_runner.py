@@ -1,0 +1,320 @@
+"""The spool runner: delivers at once, journals, retries, recovers, never twice —
+also across processes and through SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from spool_helpers import body, commit, spool_files
+
+from kittiwake.delivery import Journal, MaildirDeliverer, Status, maildir_name
+from kittiwake.queue import Spool, SpoolRunner
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+WORKER = str(Path(__file__).with_name("spool_worker.py"))
+TOKEN = re.compile(rb"X-Token: (\S+)")
+
+
+def users(*names: str) -> Callable[[str], str | None]:
+    known = {n.lower() for n in names}
+    return lambda rcpt: rcpt.lower() if rcpt.lower() in known else None
+
+
+class Node:
+    """Spool + journal + deliverer + runner on one DATA directory."""
+
+    def __init__(self, data: Path, resolve: Callable[[str], str | None], **kw: float) -> None:
+        self.data = data
+        self.spool = Spool(data / "spool")
+        self.spool.open()
+        self.journal = Journal(data / "journal")
+        self.deliverer = MaildirDeliverer(data / "mail", self.journal, hostname="mx.test")
+        self.runner = SpoolRunner(self.spool, self.deliverer, resolve, 2, **kw)  # type: ignore[arg-type]
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+        self.spool.close()
+        self.journal.close()
+
+
+def mailbox(data: Path, address: str) -> list[bytes]:
+    local, _, domain = address.partition("@")
+    box = data / "mail" / domain / local
+    out = []
+    for sub in ("new", "cur"):
+        if (box / sub).exists():
+            out += [p.read_bytes() for p in sorted((box / sub).iterdir())]
+    return out
+
+
+def tokens(data: Path, address: str) -> collections.Counter[str]:
+    found: collections.Counter[str] = collections.Counter()
+    for msg in mailbox(data, address):
+        m = TOKEN.search(msg)
+        assert m is not None
+        found[m.group(1).decode()] += 1
+    return found
+
+
+def test_delivers_journals_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kittiwake.mail")
+
+    async def go() -> list[str]:
+        node = Node(tmp_path, users("alice@local.test", "bob@local.test"), sweep_interval=60)
+        node.runner.start()
+        ids = [
+            await commit(node.spool, body(f"m{i}"), ["Alice@local.test", "bob@local.test"])
+            for i in range(5)
+        ]
+        ghost = await commit(node.spool, body("ghost"), ["ghost@local.test"])
+        await node.runner.wait_idle(10)
+        await node.stop()
+        return [*ids, ghost]
+
+    *ids, ghost = asyncio.run(go())
+    assert sorted(tokens(tmp_path, "alice@local.test")) == [f"m{i}" for i in range(5)]
+    assert len(mailbox(tmp_path, "bob@local.test")) == 5
+    assert spool_files(tmp_path / "spool") == []
+    journal = Journal(tmp_path / "journal")
+    found = journal.final_statuses([*ids, ghost], time.time() - 60)
+    assert found[(ids[0], 0)] is Status.SENT and found[(ids[0], 1)] is Status.SENT
+    assert found[(ghost, 0)] is Status.FAILED
+    lines = [r.getMessage() for r in caplog.records if r.name == "kittiwake.mail"]
+    sent = [ln for ln in lines if ln.startswith(f"{ids[0]}: to=<Alice@local.test>")]
+    assert len(sent) == 1
+    assert re.fullmatch(
+        rf"{ids[0]}: to=<Alice@local.test>, status=sent, delay=\d+\.\d\d, dsn=2\.0\.0, "
+        rf"mailbox={re.escape(str(tmp_path))}/mail/local\.test/alice",
+        sent[0],
+    )
+    assert any(f"{ghost}: to=<ghost@local.test>, status=failed" in ln for ln in lines)
+    assert not any("X-Token" in ln or "xxxx" in ln for ln in lines)  # never content
+
+
+def test_wake_delivers_at_once(tmp_path: Path) -> None:
+    async def go() -> float:
+        node = Node(tmp_path, users("alice@local.test"), sweep_interval=3600)
+        node.runner.start()
+        await asyncio.sleep(0.05)  # the workers are idle, waiting
+        t0 = time.monotonic()
+        await commit(node.spool, body("fast"))
+        box = tmp_path / "mail" / "local.test" / "alice" / "new"
+        while not (box.exists() and any(box.iterdir())):
+            await asyncio.sleep(0.001)
+        elapsed = time.monotonic() - t0
+        await node.stop()
+        return elapsed
+
+    assert asyncio.run(go()) < 0.5
+
+
+def test_deferred_then_retried(tmp_path: Path) -> None:
+    blocker = tmp_path / "mail" / "local.test" / "alice"
+
+    async def go() -> None:
+        blocker.parent.mkdir(parents=True)
+        blocker.write_text("in the way")  # the mailbox cannot be created: deferred
+        node = Node(tmp_path, users("alice@local.test", "bob@local.test"), retry_base=0.05)
+        node.runner.start()
+        qid = await commit(node.spool, body("retry"), ["alice@local.test", "bob@local.test"])
+        await node.runner.wait_idle(10)
+        assert len(mailbox(tmp_path, "bob@local.test")) == 1
+        assert node.spool.pending == 1  # alice still to do
+        blocker.unlink()
+        for _ in range(200):
+            if node.spool.pending == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert node.spool.pending == 0
+        await node.stop()
+        # bob was not delivered a second time by the retry.
+        assert len(mailbox(tmp_path, "bob@local.test")) == 1
+        assert len(mailbox(tmp_path, "alice@local.test")) == 1
+        statuses = Journal(tmp_path / "journal").final_statuses([qid], time.time() - 60)
+        assert statuses == {(qid, 0): Status.SENT, (qid, 1): Status.SENT}
+
+    asyncio.run(go())
+
+
+def test_resolver_error_defers(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def flaky(rcpt: str) -> str | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("database is locked")
+        return rcpt
+
+    async def go() -> None:
+        node = Node(tmp_path, flaky, retry_base=0.05)
+        node.runner.start()
+        await commit(node.spool, body("flaky"))
+        for _ in range(200):
+            if node.spool.pending == 0:
+                break
+            await asyncio.sleep(0.02)
+        await node.stop()
+
+    asyncio.run(go())
+    assert len(mailbox(tmp_path, "alice@local.test")) == 1
+
+
+def test_recovery_at_start_delivers_once(tmp_path: Path) -> None:
+    async def go() -> None:
+        node = Node(tmp_path, users("alice@local.test"))
+        for i in range(10):  # committed, never delivered: the runner was not started
+            await commit(node.spool, body(f"r{i}"))
+        await node.stop()
+        node = Node(tmp_path, users("alice@local.test"))
+        node.runner.start()
+        await node.runner.wait_idle(10)
+        await node.stop()
+
+    asyncio.run(go())
+    found = tokens(tmp_path, "alice@local.test")
+    assert sorted(found) == sorted(f"r{i}" for i in range(10))
+    assert set(found.values()) == {1}
+    assert spool_files(tmp_path / "spool") == []
+
+
+def test_crash_between_link_and_journal_is_not_delivered_twice(tmp_path: Path) -> None:
+    async def go() -> None:
+        node = Node(tmp_path, users("alice@local.test", "bob@local.test"))
+        await commit(node.spool, body("once"), ["alice@local.test", "bob@local.test"])
+        await commit(node.spool, body("moved"), ["alice@local.test"])
+        [e1, e2] = node.spool.take_ready()
+        # The crash: both linked into alice's Maildir, nothing journalled, spool intact;
+        # a reader has already moved the second one to cur/.
+        for e in (e1, e2):
+            env = e.envelope
+            box = tmp_path / "mail" / "local.test" / "alice"
+            node.deliverer._maildir("alice@local.test")
+            name = maildir_name(env.queue_id, env.received_at, env.size, "mx.test")
+            os.link(e.data_path, box / "new" / name)
+            if e is e2:
+                os.rename(box / "new" / name, box / "cur" / f"{name}:2,S")
+        await node.stop()
+        node = Node(tmp_path, users("alice@local.test", "bob@local.test"))
+        node.runner.start()
+        await node.runner.wait_idle(10)
+        await node.stop()
+
+    asyncio.run(go())
+    assert tokens(tmp_path, "alice@local.test") == {"once": 1, "moved": 1}
+    assert tokens(tmp_path, "bob@local.test") == {"once": 1}
+    assert spool_files(tmp_path / "spool") == []
+
+
+def test_stop_finishes_in_flight(tmp_path: Path) -> None:
+    async def go() -> None:
+        node = Node(tmp_path, users("alice@local.test"))
+        node.runner.start()
+        await asyncio.gather(*(commit(node.spool, body(f"s{i}")) for i in range(50)))
+        await node.runner.stop()  # no wait_idle: whatever started finishes
+        delivered = len(mailbox(tmp_path, "alice@local.test"))
+        assert delivered + node.spool.pending == 50
+        node.spool.close()
+        node.journal.close()
+        node = Node(tmp_path, users("alice@local.test"))
+        node.runner.start()
+        await node.runner.wait_idle(10)
+        await node.stop()
+
+    asyncio.run(go())
+    found = tokens(tmp_path, "alice@local.test")
+    assert len(found) == 50 and set(found.values()) == {1}
+
+
+# -- several processes, SIGKILL --------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _acked(out: str) -> dict[str, str]:
+    pairs = (line.split() for line in out.splitlines() if line.strip())
+    return {token: qid for token, qid in pairs}
+
+
+def test_two_processes_share_one_spool(tmp_path: Path) -> None:
+    # An orphan first: a process that committed 30 messages and died without delivering.
+    async def orphan() -> list[str]:
+        spool = Spool(tmp_path / "spool")
+        spool.open()
+        ids = [await commit(spool, body(f"orphan-{i}")) for i in range(30)]
+        spool.close()
+        return ids
+
+    asyncio.run(orphan())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, WORKER, str(tmp_path), name, "300"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for name in ("p1", "p2")
+    ]
+    acked: dict[str, str] = {}
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        acked |= _acked(out)
+    assert len(acked) == 600
+    found = tokens(tmp_path, "alice@local.test")
+    expected = set(acked) | {f"orphan-{i}" for i in range(30)}
+    assert set(found) == expected
+    twice = {t: n for t, n in found.items() if n > 1}
+    assert twice == {}
+    assert spool_files(tmp_path / "spool") == []
+
+
+def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    acked: dict[str, str] = {}
+    for cycle in range(4):
+        proc = subprocess.Popen(
+            [sys.executable, WORKER, str(tmp_path), f"c{cycle}", "100000", "--hold"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        time.sleep(0.6 + rng.random())
+        proc.send_signal(signal.SIGKILL)
+        out, _err = proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        acked |= _acked(out)
+    # Start again: recovery drains the spool.
+    done = subprocess.run(
+        [sys.executable, WORKER, str(tmp_path), "drain", "0"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(acked) > 200, "the load did not get going"
+    print(f"{len(acked)} acknowledged")
+    found = tokens(tmp_path, "alice@local.test")
+    missing = [t for t in acked if not found[t]]
+    assert missing == [], f"{len(missing)} acknowledged messages lost"
+    twice = {t: n for t, n in found.items() if n > 1}
+    assert twice == {}
+    assert spool_files(tmp_path / "spool") == []

@@ -1,0 +1,419 @@
+"""The durable spool: commit, abort, recovery, group commit, disk full, big messages."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from spool_helpers import body, commit, spool_files, tiny_tmpfs
+
+from kittiwake.queue import Envelope, Spool, is_queue_id, list_spool, queue_id_slot
+
+T = TypeVar("T")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def test_commit_then_recover_after_restart(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    with Spool(root) as spool:
+        data = body("t1")
+        qid = run(commit(spool, data, ["a@local.test", "b@local.test"]))
+        assert is_queue_id(str(qid))
+        [entry] = spool.take_ready()
+        assert entry.recovered is False
+        assert entry.envelope.queue_id == qid
+        assert Path(entry.data_path).read_bytes() == data
+        assert stat.S_IMODE(os.stat(entry.data_path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
+    # Not delivered: still there for the next start, marked as recovered.
+    with Spool(root) as spool:
+        [entry] = spool.take_ready()
+        assert entry.recovered is True
+        env = entry.envelope
+        assert env.queue_id == qid
+        assert env.recipients == ("a@local.test", "b@local.test")
+        assert env.sender == "sender@remote.test"
+        assert (env.client_address, env.helo, env.protocol) == ("192.0.2.1", "client.test", "ESMTP")
+        assert env.size == len(data)
+        assert Path(entry.data_path).read_bytes() == data
+        spool.remove([entry])
+        assert spool.pending == 0
+    assert spool_files(root) == []
+    # An idle, empty spool keeps only the slot's lock file (with its queue-ID floor).
+    assert [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()] == ["00/lock"]
+
+
+def test_abort_removes_everything_and_is_idempotent(tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool", memory_threshold=1024) as spool:
+        writer = spool.begin()
+        writer.write(b"x" * 5000)  # spilled to its file
+        assert os.path.exists(writer.path)
+        writer.abort()
+        writer.abort()
+        assert not os.path.exists(writer.path)
+        with pytest.raises(RuntimeError):
+            writer.write(b"more")
+        small = spool.begin()
+        small.write(b"tiny")  # never reached the disk
+        small.abort()
+        assert spool.take_ready() == []
+    assert spool_files(tmp_path / "spool") == []
+
+
+def test_abort_after_commit_keeps_the_message(tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool") as spool:
+
+        async def go() -> None:
+            writer = spool.begin()
+            writer.write(body("keep"))
+            await writer.commit(
+                Envelope(writer.queue_id, "", ("a@x.test",), "::1", "h", 0.0, "LMTP", writer.size)
+            )
+            writer.abort()
+            with pytest.raises(RuntimeError):
+                await writer.commit(
+                    Envelope(writer.queue_id, "", (), "::1", "h", 0.0, "LMTP", writer.size)
+                )
+
+        run(go())
+        [entry] = spool.take_ready()
+        assert os.path.exists(entry.data_path)
+        assert entry.envelope.sender == ""
+
+
+def test_envelope_must_match_writer(tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool") as spool:
+
+        async def go() -> None:
+            writer = spool.begin()
+            writer.write(b"abc")
+            with pytest.raises(ValueError):
+                await writer.commit(Envelope("0" * 12, "", (), "", "", 0.0, "SMTP", 3))
+            with pytest.raises(ValueError):
+                await writer.commit(Envelope(writer.queue_id, "", (), "", "", 0.0, "SMTP", 4))
+            writer.abort()
+
+        run(go())
+
+
+def test_uncommitted_data_is_removed_at_start(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    with Spool(root, memory_threshold=10) as spool:
+        writer = spool.begin()
+        writer.write(b"x" * 100)  # on disk, never committed: as if the server died here
+        run(commit(spool, body("kept")))
+        orphan = writer.path
+    assert os.path.exists(orphan)
+    with Spool(root) as spool:
+        assert [e.envelope.queue_id for e in spool.take_ready()] != []
+        assert not os.path.exists(orphan)
+
+
+def test_torn_record_is_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    with Spool(root) as spool:
+        first = run(commit(spool, body("one")))
+        slot_dir = root / f"{spool.slot:02X}"
+    [segment] = sorted(slot_dir.glob("log.*"))
+    with open(segment, "ab") as f:
+        f.write(b'\n{"v":1,"id":"0000')  # an append cut short by a crash
+    with Spool(root) as spool:
+        second = run(commit(spool, body("two")))  # appended after the torn bytes
+    with Spool(root) as spool:
+        assert sorted(e.envelope.queue_id for e in spool.take_ready()) == sorted([first, second])
+
+
+def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool") as spool:
+
+        async def go() -> list[str]:
+            return list(await asyncio.gather(*(commit(spool, body(f"m{i}")) for i in range(200))))
+
+        ids = run(go())
+        assert len(set(ids)) == 200
+        assert len(spool.take_ready()) == 200
+        assert spool.flushes < 200, "every commit had its own log fsync"
+
+
+def test_two_spools_take_two_slots(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    with Spool(root) as a, Spool(root) as b:
+        assert a.slot != b.slot
+        qa, qb = run(commit(a, body("a"))), run(commit(b, body("b")))
+        assert queue_id_slot(str(qa)) == a.slot
+        assert queue_id_slot(str(qb)) == b.slot
+
+
+def test_dead_slot_is_adopted(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    with Spool(root) as survivor:
+        other = Spool(root)
+        other.open()
+        ids = {run(commit(other, body(f"o{i}"))) for i in range(5)}
+        other_slot = other.slot
+        other.close()  # gone, with five messages undelivered
+        assert len(list_spool(root)) == 5
+        assert survivor.adopt_orphans() == 5
+        entries = survivor.take_ready()
+        assert {e.envelope.queue_id for e in entries} == ids
+        assert all(e.recovered for e in entries)
+        assert survivor.adopt_orphans() == 0  # already ours
+        survivor.remove(entries)
+        # The adopted slot is released once it is empty; only lock files remain there.
+        assert [p.name for p in (root / f"{other_slot:02X}").iterdir()] == ["lock"]
+        assert survivor.adopt_orphans() == 0
+
+
+def test_sigkilled_writer_slot_is_recovered(tmp_path: Path) -> None:
+    """A process that dies by SIGKILL keeps nothing locked: its slot is taken over."""
+    root = tmp_path / "spool"
+    code = textwrap.dedent(
+        f"""
+        import asyncio, os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from kittiwake.queue import Spool
+        from spool_helpers import body, commit
+        spool = Spool(Path({str(root)!r})); spool.open()
+        async def go():
+            for i in range(3):
+                print(await commit(spool, body(f"k{{i}}")), flush=True)
+            w = spool.begin(); w.write(b"x" * 100000)  # half-received
+            os.kill(os.getpid(), signal.SIGKILL)
+        asyncio.run(go())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60
+    )
+    assert done.returncode == -9, done.stderr
+    acked = set(done.stdout.split())
+    assert len(acked) == 3
+    with Spool(root) as spool:
+        assert {e.envelope.queue_id for e in spool.take_ready()} == acked
+        assert len(spool_files(root)) == 3  # the half-received one is gone
+
+
+def test_rotation_and_compaction(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    with Spool(root, segment_bytes=600) as spool:
+        slot_dir = root / f"{spool.slot:02X}"
+        stuck = run(commit(spool, body("stuck")))  # never delivered in this test
+        for i in range(40):
+            run(commit(spool, body(f"r{i}")))
+            entries = [e for e in spool.take_ready() if e.envelope.queue_id != stuck]
+            spool.remove(entries)
+        # Old segments went away; the stuck record was carried forward.
+        assert len(list(slot_dir.glob("log.*"))) <= 3
+        assert spool.pending == 1
+    with Spool(root) as spool:
+        assert [e.envelope.queue_id for e in spool.take_ready()] == [stuck]
+
+
+def test_list_spool(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    with Spool(root) as spool:
+        ids = [run(commit(spool, body(f"l{i}"))) for i in range(3)]
+        listed = list_spool(root)
+        assert [e.envelope.queue_id for e in listed] == ids
+        spool.remove(spool.take_ready()[:1])
+        assert [e.envelope.queue_id for e in list_spool(root)] == ids[1:]
+    assert list_spool(tmp_path / "absent") == []
+
+
+def test_cancelled_commit_is_still_delivered(tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool") as spool:
+        woken: list[int] = []
+        spool.add_listener(lambda: woken.append(1))
+
+        async def go() -> None:
+            task = asyncio.ensure_future(commit(spool, body("c")))
+            await asyncio.sleep(0)  # the job is queued
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(200):
+                if woken:
+                    break
+                await asyncio.sleep(0.01)
+
+        run(go())
+        assert woken
+        assert len(spool.take_ready()) == 1
+
+
+def test_queue_id_floor_survives_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "spool"
+    with Spool(root) as spool:
+        first = run(commit(spool, body("f")))
+        lock = root / f"{spool.slot:02X}" / "lock"
+        assert int(lock.read_bytes()) / 1000 > time.time()  # saved ahead of use
+        spool.remove(spool.take_ready())
+    # Restart with the wall clock set back a day: no queue ID is issued twice.
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() - 86400)
+    with Spool(root) as spool:
+        later = spool.begin().queue_id
+    assert later > str(first)
+
+
+# -- disk full ------------------------------------------------------------------
+
+
+def test_disk_full_while_writing_leaves_nothing(tmp_path: Path) -> None:
+    with tiny_tmpfs(tmp_path / "small", "64k") as mnt:
+        root = mnt / "spool"
+        with Spool(root, memory_threshold=4096) as spool:
+
+            async def go() -> None:
+                with pytest.raises(OSError) as info:
+                    await commit(spool, b"y" * 200_000)
+                assert info.value.errno == errno.ENOSPC
+                # The spool keeps serving once there is room again.
+                await commit(spool, body("after"))
+
+            run(go())
+            assert len(spool.take_ready()) == 1
+            assert len(spool_files(root)) == 1
+        with Spool(root) as spool:
+            assert len(spool.take_ready()) == 1
+
+
+def test_disk_full_at_commit_leaves_nothing(tmp_path: Path) -> None:
+    """A message that fits in memory fails at commit (creating/writing its file)."""
+    with tiny_tmpfs(tmp_path / "small", "64k") as mnt:
+        root = mnt / "spool"
+        with Spool(root, memory_threshold=1 << 20) as spool:
+
+            async def go() -> None:
+                with pytest.raises(OSError) as info:
+                    await commit(spool, b"z" * 100_000)
+                assert info.value.errno == errno.ENOSPC
+                await commit(spool, body("after"))
+
+            run(go())
+            assert len(spool.take_ready()) == 1
+        with Spool(root) as spool:
+            assert len(spool.take_ready()) == 1
+            assert len(spool_files(root)) == 1
+
+
+def test_disk_full_in_envelope_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC on the group flush fails every commit of the batch, cleanly."""
+    root = tmp_path / "spool"
+    real = os.pwrite
+    fail = {"n": 1}
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        if fail["n"] and "/log." in os.readlink(f"/proc/self/fd/{fd}"):
+            fail["n"] -= 1
+            real(fd, bytes(data[: len(data) // 2]), offset)  # half of it got written
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with Spool(root) as spool:
+
+        async def go() -> None:
+            with pytest.raises(OSError) as info:
+                await commit(spool, body("lost"))
+            assert info.value.errno == errno.ENOSPC
+            await commit(spool, body("after"))
+
+        run(go())
+        assert [e.envelope.size for e in spool.take_ready()] == [len(body("after"))]
+    with Spool(root) as spool:
+        assert len(spool.take_ready()) == 1
+        assert len(spool_files(root)) == 1
+
+
+# -- big messages -----------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_100mb_message_streams_without_memory_growth(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import asyncio, time
+        from pathlib import Path
+        from kittiwake.queue import Envelope, Spool
+
+        def rss_kib():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+
+        async def main():
+            spool = Spool(Path({str(tmp_path / "spool")!r})); spool.open()
+            chunk = b"x" * 65535 + b"\\n"
+            w = spool.begin()
+            w.write(chunk)
+            before = rss_kib(); peak = before
+            for _ in range(100 * 16 - 1):  # 100 MiB in 64 KiB chunks, as they arrive
+                w.write(chunk)
+                peak = max(peak, rss_kib())
+            await w.commit(Envelope(w.queue_id, "", ("a@x.test",), "::1", "h",
+                                    time.time(), "ESMTP", w.size))
+            peak = max(peak, rss_kib())
+            print(w.size, peak - before)
+            spool.close()
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    size, growth_kib = map(int, done.stdout.split())
+    assert size == 100 * 1024 * 1024
+    assert growth_kib < 4096, f"RSS grew by {growth_kib} KiB"
+
+
+def test_spool_begin_before_open(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    with pytest.raises(RuntimeError):
+        spool.begin()
+    with pytest.raises(RuntimeError):
+        _ = spool.slot
+
+
+def test_commit_cost_is_small(tmp_path: Path) -> None:
+    """Smoke bound on the loop-side cost of a commit (the real figures are in the
+    report, measured with bench_spool.py); guards against gross regressions."""
+    with Spool(tmp_path / "spool") as spool:
+
+        async def go() -> float:
+            data = body("cost")
+            t0 = time.process_time()
+            n = 400
+            sem = asyncio.Semaphore(20)
+
+            async def one() -> None:
+                async with sem:
+                    await commit(spool, data)
+
+            await asyncio.gather(*(one() for _ in range(n)))
+            return (time.process_time() - t0) / n
+
+        per_msg = run(go())
+        assert isinstance(per_msg, float)
+        assert per_msg < 5e-3
