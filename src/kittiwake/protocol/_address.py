@@ -17,7 +17,8 @@ __all__ = ["ParsedPath", "parse_params", "parse_path"]
 
 # RFC 5321 4.1.2: atext of RFC 5322 3.2.3; with SMTPUTF8, UTF-8 too (RFC 6531 3.3).
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
-_DOT_STRING = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-\U0010ffff]+)*")
+# The UTF-8 range comes first: after _ATEXT's final "-" it would read as a range "~-\u0080".
+_DOT_STRING = re.compile(rf"[\u0080-\U0010ffff{_ATEXT}]+(?:\.[\u0080-\U0010ffff{_ATEXT}]+)*")
 # A domain: dot-separated labels of letters, digits and hyphens (U-labels allowed and
 # checked later by IDNA when the domain is compared). No trailing dot (RFC 5321 4.1.2).
 _LABEL = (

@@ -70,6 +70,8 @@ class DotReader:
         # No LF yet. Keep short tails (a line start may be the terminator "."), but hand on
         # long lines in pieces; a trailing CR stays, it may be the start of CRLF.
         if len(buf) < MAX_PENDING_LINE:
+            if buf.find(b"\r", 0, len(buf) - 1) >= 0:  # bare now, however the reads fell
+                raise BareLineEnding
             return b""
         keep = 1 if buf.endswith(b"\r") else 0
         text = bytes(buf[: len(buf) - keep])

@@ -44,6 +44,11 @@ __all__ = ["CoreSettings", "Mode", "ServerConnection"]
 _MAX_SIZE_DIGITS = 20  # SIZE= and BDAT sizes: refuse absurd numbers before int()
 
 
+def _is_digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²" (int() fails) and "١٠"."""
+    return text.isascii() and text.isdigit()
+
+
 class Mode(Enum):
     SMTP = "SMTP"
     LMTP = "LMTP"
@@ -189,11 +194,12 @@ class ServerConnection:
         if self._pending is not None:
             raise LocalProtocolError(f"answer {self._pending!r} before reading on")
         while not self.closed:
+            in_message = self.state in (State.DATA, State.CHUNKING)  # also between chunks
             try:
                 event = self._step()
             except RemoteProtocolError as err:
                 self._close(err.reply)
-                if self._reader in (_Reader.DATA, _Reader.CHUNK):
+                if in_message:
                     self._reader = _Reader.COMMAND
                     return MessageAborted(err.reply.text)
                 return CONNECTION_CLOSED
@@ -216,10 +222,14 @@ class ServerConnection:
         line = self._next_line()
         if line is None:
             if self._eof:
+                chunking = self.state is State.CHUNKING
                 self.state = State.CLOSED
+                if chunking:
+                    return MessageAborted("connection closed during BDAT")
             return NEED_DATA if not self.closed else None
         if reader is _Reader.DISCARD_LINE:
             self._reader = _Reader.COMMAND
+            self._reply(R.LINE_TOO_LONG)  # now that the line ended cleanly
             return None
         if len(line) > self.settings.max_line_length:
             self._reply(R.LINE_TOO_LONG)  # RFC 5321 4.5.3.1.4; the session goes on
@@ -239,15 +249,16 @@ class ServerConnection:
         buf = self._buf
         lf = buf.find(b"\n")
         if lf < 0:
+            # A CR not followed by LF is bare now, however the line was cut into reads.
+            if buf.find(b"\r", 0, len(buf) - 1) >= 0:
+                raise RemoteProtocolError(R.BARE_LINE_ENDING)
             limit = self.settings.max_line_length
             if len(buf) > limit:
-                # Over-long line still coming: answer now, drop it up to its CRLF.
-                if b"\r" in buf[:-1]:
-                    raise RemoteProtocolError(R.BARE_LINE_ENDING)
+                # Over-long line still coming: drop it up to its CRLF and answer then, as
+                # when it arrives whole (a bare CR or LF in it closes either way).
                 keep = 1 if buf.endswith(b"\r") else 0
                 del buf[: len(buf) - keep]
                 if self._reader is _Reader.COMMAND:
-                    self._reply(R.LINE_TOO_LONG)
                     self._reader = _Reader.DISCARD_LINE
             return None
         if lf == 0 or buf[lf - 1] != 0x0D or buf.find(b"\r", 0, lf - 1) >= 0:
@@ -328,7 +339,7 @@ class ServerConnection:
         smtputf8 = False
         for key, value in params.items():
             if key == "SIZE" and self._announced("SIZE"):
-                if value is None or not value.isdigit() or len(value) > _MAX_SIZE_DIGITS:
+                if value is None or not _is_digits(value) or len(value) > _MAX_SIZE_DIGITS:
                     raise CommandRefused(R.BAD_PARAMETER_VALUE)
                 size = int(value)
             elif key == "BODY" and self._announced("8BITMIME"):
@@ -385,7 +396,7 @@ class ServerConnection:
         parts = arg.split(" ")
         if (
             not 1 <= len(parts) <= 2
-            or not parts[0].isdigit()
+            or not _is_digits(parts[0])
             or len(parts[0]) > _MAX_SIZE_DIGITS
             or (len(parts) == 2 and parts[1].upper() != "LAST")
         ):
@@ -581,13 +592,16 @@ class ServerConnection:
                 self._complete_next = bool(text)
                 return MessageData(text) if text else self._message_end()
             if self._tx_too_big:
-                return self._message_end()
+                return self._message_end(final=False)
             self._reply(Reply(250, "2.0.0", f"{self._bdat_size} octets received"))
         return MessageData(text) if text else None
 
-    def _message_end(self) -> Event:
+    def _message_end(self, *, final: bool = True) -> Event:
         if self._tx_too_big:
-            self._reply(R.MESSAGE_TOO_BIG)
+            # After the final dot / LAST chunk, LMTP answers per recipient (RFC 2033 4.2).
+            lmtp = final and self.settings.mode is Mode.LMTP
+            for _ in range(self._tx_recipients if lmtp else 1):
+                self._reply(R.MESSAGE_TOO_BIG)
             self._reset_transaction()
             return MessageAborted("message too big")
         return MessageComplete(self._tx_size)
