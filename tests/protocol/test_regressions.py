@@ -154,3 +154,24 @@ def test_bug_bare_cr_in_unfinished_data_line_depended_on_read_sizes() -> None:
     assert reply[0].startswith("554 5.6.11 ")
     assert s.app.events[-2:] == ["MessageAborted", "ConnectionClosed"]
     assert s.conn.closed
+
+
+def test_bug_bare_postmaster_was_accepted_as_sender() -> None:
+    """RFC 5321 4.1.1.3 allows a domain-less <postmaster> in RCPT only."""
+    s = Session()
+    s.lines("EHLO client.test")
+    assert s.lines("MAIL FROM:<postmaster>") == [["501 5.1.7 Bad sender address syntax"]]
+    assert s.conn.state is State.GREETED
+
+
+def test_bug_ehlo_keyword_lines_carried_the_apps_status_code() -> None:
+    """A status code in the app's EHLO reply must not prefix every keyword line."""
+    from kittiwake.protocol import Hello, Reply, ServerConnection
+
+    conn = ServerConnection(CoreSettings(HOSTNAME))
+    conn.receive_data(b"EHLO client.test\r\n")
+    event = conn.next_event()
+    assert isinstance(event, Hello)
+    conn.send(Reply(250, "2.0.0", "hello"))
+    lines = conn.data_to_send().decode().split("\r\n")
+    assert lines[0] == "250-hello" and lines[1] == "250-PIPELINING"

@@ -85,6 +85,7 @@ USE_LHLO = Reply(500, "5.5.1", "Command unrecognized: this is LMTP, use LHLO")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 EMPTY_LINE = Reply(500, "5.5.2", "Empty command line")
 BAD_ENCODING = Reply(500, "5.5.2", "Command line is not valid UTF-8 text")
+CONTROL_CHARACTERS = Reply(500, "5.5.2", "Control characters not allowed in a command line")
 BARE_LINE_ENDING = Reply(
     500, "5.5.2", "Bare CR or LF not allowed, lines must end with CRLF (RFC 5321 2.3.8)"
 )

@@ -277,7 +277,7 @@ class ServerConnection:
         if not line:
             raise CommandRefused(R.EMPTY_LINE)
         if not line.isprintable():
-            raise CommandRefused(R.BAD_ENCODING)
+            raise CommandRefused(R.CONTROL_CHARACTERS)
         verb, _, arg = line.partition(" ")
         verb = verb.upper()
         handler = _COMMANDS.get(verb)
@@ -332,6 +332,8 @@ class ServerConnection:
             allow_null=True,
             syntax_error=R.BAD_SENDER_SYNTAX,
         )
+        if path is not None and not path.domain:
+            raise CommandRefused(R.BAD_SENDER_SYNTAX)  # a bare <postmaster> is RCPT-only
         params = parse_params(rest)
         size: int | None = None
         body: str | None = None
@@ -493,6 +495,9 @@ class ServerConnection:
         target = self._sequence(verb)
         if isinstance(event, Hello):
             self._reset_transaction()
+            # The EHLO/HELO/LHLO answer carries no enhanced status code (RFC 2034 3),
+            # and a keyword line must start "250-KEYWORD" for clients to parse it.
+            reply = Reply(reply.code, "", reply.text)
             if event.extended:
                 reply = reply.with_text("\n".join([reply.text, *self.keywords()]))
         elif isinstance(event, MailFrom):
