@@ -1,2 +1,199 @@
-def main() -> int:
+"""The ``kittiwake`` command: the composition root.
+
+Every command takes ``--conf DIR`` and ``--data DIR``; the environment variables
+``KITTIWAKE_CONF`` and ``KITTIWAKE_DATA`` stand in for them. With no configuration
+kittiwake runs on its embedded default (see README). Passwords are read from standard
+input, never from the command line (where ``ps`` and shell history would show them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kittiwake.auth.passwords import hash_password
+from kittiwake.config.loader import ConfigError, format_report, load_config
+from kittiwake.config.model import Config
+from kittiwake.policy.names import InvalidName, canonical_address, canonical_domain
+
+__all__ = ["main"]
+
+DEFAULT_DATA = "kittiwake-data"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--conf",
+        default=os.environ.get("KITTIWAKE_CONF"),
+        help="configuration directory of James-style XML files "
+        "(default: $KITTIWAKE_CONF, else the embedded default)",
+    )
+    common.add_argument(
+        "--data",
+        default=os.environ.get("KITTIWAKE_DATA", DEFAULT_DATA),
+        help=f"data directory (default: $KITTIWAKE_DATA, else ./{DEFAULT_DATA})",
+    )
+    parser = argparse.ArgumentParser(prog="kittiwake", description="Kittiwake mail server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the server in the foreground")
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    config_sub.add_parser("check", parents=[common], help="load the configuration and report")
+
+    domain = sub.add_parser("domain", help="local domains")
+    domain_sub = domain.add_subparsers(dest="action", required=True)
+    for action in ("add", "remove"):
+        p = domain_sub.add_parser(action, parents=[common])
+        p.add_argument("name")
+    domain_sub.add_parser("list", parents=[common])
+
+    user = sub.add_parser("user", help="mail users (the password is read from standard input)")
+    user_sub = user.add_subparsers(dest="action", required=True)
+    for action in ("add", "remove", "passwd"):
+        p = user_sub.add_parser(action, parents=[common])
+        p.add_argument("name", help="the full address, e.g. alice@example.com")
+    user_sub.add_parser("list", parents=[common])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(Path(args.conf) if args.conf else None)
+    except ConfigError as exc:
+        print(f"kittiwake: configuration error: {exc}", file=sys.stderr)
+        return 2
+    data = Path(args.data)
+    try:
+        if args.command == "serve":
+            return _serve(config, data, args.log_level)
+        if args.command == "config":
+            print(format_report(config))
+            return 0
+        if args.command == "domain":
+            return _domain(config, data, args.action, getattr(args, "name", None))
+        if args.command == "user":
+            return _user(config, data, args.action, getattr(args, "name", None))
+    except _Failure as exc:
+        print(f"kittiwake: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+class _Failure(Exception):
+    """A command failed for a reason the user can fix; printed without a traceback."""
+
+
+def _serve(config: Config, data: Path, level: str) -> int:
+    from kittiwake.server.runtime import run
+
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    for item in config.unimplemented:
+        logging.getLogger("kittiwake.config").warning("not implemented yet, ignored: %s", item)
+    try:
+        run(config, data)
+    except OSError as exc:
+        print(f"kittiwake: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _store(config: Config, data: Path):  # type: ignore[no-untyped-def]
+    from kittiwake.storage.sqlite import SqliteStore
+
+    data.mkdir(parents=True, exist_ok=True)
+    store = SqliteStore(data / "kittiwake.db")
+    for domain in config.domains.domain_names:
+        store.add_domain(domain)
+    return store
+
+
+def _domain(config: Config, data: Path, action: str, name: str | None) -> int:
+    store = _store(config, data)
+    if action == "list":
+        for domain in store.list_domains():
+            print(domain)
+        return 0
+    assert name is not None
+    try:
+        domain = canonical_domain(name)
+    except InvalidName:
+        raise _Failure(f"not a valid domain name: {name!r}") from None
+    if action == "add":
+        if not store.add_domain(domain):
+            raise _Failure(f"domain {domain} already exists")
+        print(f"added domain {domain}")
+    elif not store.remove_domain(domain):
+        raise _Failure(f"no such domain: {domain}")
+    else:
+        print(f"removed domain {domain}")
+    return 0
+
+
+def _user(config: Config, data: Path, action: str, name: str | None) -> int:
+    store = _store(config, data)
+    if action == "list":
+        for user in store.list_users():
+            print(user)
+        return 0
+    assert name is not None
+    try:
+        user = canonical_address(name)
+    except InvalidName:
+        raise _Failure(f"not a valid address: {name!r} (use the full address)") from None
+    if action == "remove":
+        if not store.remove_user(user):
+            raise _Failure(f"no such user: {user}")
+        print(f"removed user {user}")
+        return 0
+    domain = user.rpartition("@")[2]
+    if not store.contains_domain(domain):
+        raise _Failure(
+            f"{domain} is not a local domain; add it with: kittiwake domain add {domain}"
+        )
+    if action == "add" and store.contains_user(user):
+        raise _Failure(f"user {user} already exists")
+    if action == "passwd" and not store.contains_user(user):
+        raise _Failure(f"no such user: {user}")
+    password_hash = hash_password(_read_password())
+    if action == "add":
+        try:
+            store.add_user(user, password_hash)
+        except ValueError as exc:
+            raise _Failure(str(exc)) from None
+        print(f"added user {user}")
+    else:
+        store.set_password_hash(user, password_hash)
+        print(f"changed the password of {user}")
+    return 0
+
+
+def _read_password() -> str:
+    """From a terminal: asked twice, not echoed. Otherwise: the first line of stdin."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Again: "):
+            raise _Failure("the two passwords differ")
+        password = first
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise _Failure("empty password (give it on standard input)")
+    return password
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Start, run and stop the whole server: stores, spool, delivery, listeners, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from pathlib import Path
+
+from kittiwake.config.model import Config, ListenerConfig, Protocol
+from kittiwake.delivery.journal import Journal
+from kittiwake.delivery.maildir import MaildirDeliverer
+from kittiwake.queue.runner import SpoolRunner
+from kittiwake.queue.spool import Spool
+from kittiwake.storage.sqlite import SqliteStore
+
+from .listener import Listener
+from .recipients import LocalResolver
+from .session import SessionContext
+
+__all__ = ["Server", "run"]
+
+log = logging.getLogger("kittiwake")
+
+
+class Server:
+    """Everything one kittiwake process runs."""
+
+    def __init__(self, config: Config, data_dir: Path) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = SqliteStore(data_dir / "kittiwake.db")
+        for domain in config.domains.domain_names:
+            self.store.add_domain(domain)
+        self.spool = Spool(data_dir / "spool")
+        self.journal = Journal(data_dir / "journal")
+        resolver = LocalResolver(self.store, self.store, config.server.postmaster)
+        hostname = config.listeners[0].hello_name if config.listeners else None
+        self.runner = SpoolRunner(
+            self.spool,
+            MaildirDeliverer(data_dir / "mail", self.journal, hostname=hostname),
+            resolver.resolve,
+            concurrency=config.server.spool_threads,
+        )
+        self.listeners: list[Listener] = []
+        self._servers: list[asyncio.base_events.Server] = []
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        """Recover the spool, start delivery, bind every listener.
+
+        Raises:
+            OSError: a listener cannot bind its address (the message names it).
+        """
+        await self.runner.start()  # opens the spool: recovers what a crashed process left
+        loop = asyncio.get_running_loop()
+        for cfg in self.config.listeners:
+            if not cfg.enabled:
+                continue
+            listener = Listener(cfg, self._context(cfg))
+            self.listeners.append(listener)
+            for bind in cfg.binds:
+                family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
+                try:
+                    server = await loop.create_server(
+                        listener.factory,
+                        bind.host,
+                        bind.port,
+                        family=family,
+                        backlog=cfg.connection_backlog,
+                        reuse_address=True,
+                    )
+                except OSError as exc:
+                    raise OSError(
+                        exc.errno, f"listener {cfg.name}: cannot bind {bind}: {exc.strerror}"
+                    ) from exc
+                self._servers.append(server)
+                log.info("listener %s (%s) on %s", cfg.name, cfg.protocol.value, bind)
+
+    def _context(self, cfg: ListenerConfig) -> SessionContext:
+        return SessionContext(
+            hostname=cfg.hello_name,
+            protocol="LMTP" if cfg.protocol is Protocol.LMTP else "SMTP",
+            domains=self.store,
+            users=self.store,
+            spool=self.spool,
+            hooks=(),
+            wake_delivery=self.runner.wake,
+        )
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        """Graceful stop (issue 2, point 6): stop accepting, 421 4.3.2 to idle
+        sessions, let open transactions finish within the grace period, then close."""
+        for server in self._servers:
+            server.close()
+        for listener in self.listeners:
+            listener.shutdown()
+        deadline = asyncio.get_running_loop().time() + self.config.server.shutdown_grace
+        while any(listener.connections for listener in self.listeners):
+            if asyncio.get_running_loop().time() >= deadline:
+                for listener in self.listeners:
+                    listener.abort_all()
+                break
+            await asyncio.sleep(0.05)
+        await self.runner.stop()  # closes the spool it opened
+        self.journal.close()
+        self.store.close()
+
+
+async def _serve(config: Config, data_dir: Path) -> None:
+    server = Server(config, data_dir)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    log.info("kittiwake ready, data in %s", data_dir)
+    await server.wait_stopped()
+    log.info("stopping: closing listeners, finishing open transactions")
+    await server.stop()
+    log.info("stopped")
+
+
+def run(config: Config, data_dir: Path) -> None:
+    """Serve until SIGTERM or SIGINT, on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(_serve(config, data_dir))
+    else:
+        uvloop.run(_serve(config, data_dir))
