@@ -34,7 +34,7 @@ async def main(data: Path, prefix: str, count: int, hold: bool) -> None:
         concurrency=2,
         sweep_interval=0.2,
     )
-    runner.start()
+    await runner.start()
 
     async def session(first: int) -> None:  # 20 of these, like 20 SMTP sessions
         for n in range(first, count, 20):

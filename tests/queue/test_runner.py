@@ -73,7 +73,7 @@ def test_delivers_journals_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFix
 
     async def go() -> list[str]:
         node = Node(tmp_path, users("alice@local.test", "bob@local.test"), sweep_interval=60)
-        node.runner.start()
+        await node.runner.start()
         ids = [
             await commit(node.spool, body(f"m{i}"), ["Alice@local.test", "bob@local.test"])
             for i in range(5)
@@ -106,7 +106,7 @@ def test_delivers_journals_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFix
 def test_wake_delivers_at_once(tmp_path: Path) -> None:
     async def go() -> float:
         node = Node(tmp_path, users("alice@local.test"), sweep_interval=3600)
-        node.runner.start()
+        await node.runner.start()
         await asyncio.sleep(0.05)  # the workers are idle, waiting
         t0 = time.monotonic()
         await commit(node.spool, body("fast"))
@@ -127,7 +127,7 @@ def test_deferred_then_retried(tmp_path: Path) -> None:
         blocker.parent.mkdir(parents=True)
         blocker.write_text("in the way")  # the mailbox cannot be created: deferred
         node = Node(tmp_path, users("alice@local.test", "bob@local.test"), retry_base=0.05)
-        node.runner.start()
+        await node.runner.start()
         qid = await commit(node.spool, body("retry"), ["alice@local.test", "bob@local.test"])
         await node.runner.wait_idle(10)
         assert len(mailbox(tmp_path, "bob@local.test")) == 1
@@ -159,7 +159,7 @@ def test_resolver_error_defers(tmp_path: Path) -> None:
 
     async def go() -> None:
         node = Node(tmp_path, flaky, retry_base=0.05)
-        node.runner.start()
+        await node.runner.start()
         await commit(node.spool, body("flaky"))
         for _ in range(200):
             if node.spool.pending == 0:
@@ -178,7 +178,7 @@ def test_recovery_at_start_delivers_once(tmp_path: Path) -> None:
             await commit(node.spool, body(f"r{i}"))
         await node.stop()
         node = Node(tmp_path, users("alice@local.test"))
-        node.runner.start()
+        await node.runner.start()
         await node.runner.wait_idle(10)
         await node.stop()
 
@@ -207,7 +207,7 @@ def test_crash_between_link_and_journal_is_not_delivered_twice(tmp_path: Path) -
                 os.rename(box / "new" / name, box / "cur" / f"{name}:2,S")
         await node.stop()
         node = Node(tmp_path, users("alice@local.test", "bob@local.test"))
-        node.runner.start()
+        await node.runner.start()
         await node.runner.wait_idle(10)
         await node.stop()
 
@@ -217,10 +217,27 @@ def test_crash_between_link_and_journal_is_not_delivered_twice(tmp_path: Path) -
     assert spool_files(tmp_path / "spool") == []
 
 
+def test_runner_opens_and_closes_the_spool(tmp_path: Path) -> None:
+    async def go() -> None:
+        spool = Spool(tmp_path / "spool")
+        deliverer = MaildirDeliverer.in_data_dir(tmp_path, hostname="mx.test")
+        runner = SpoolRunner(spool, deliverer, users("alice@local.test"))
+        await runner.start()  # opens the spool: recovery happens here
+        assert spool.is_open
+        await commit(spool, body("owned"))
+        await runner.wait_idle(10)
+        await runner.stop()
+        assert not spool.is_open
+        deliverer.close()
+
+    asyncio.run(go())
+    assert tokens(tmp_path, "alice@local.test") == {"owned": 1}
+
+
 def test_stop_finishes_in_flight(tmp_path: Path) -> None:
     async def go() -> None:
         node = Node(tmp_path, users("alice@local.test"))
-        node.runner.start()
+        await node.runner.start()
         await asyncio.gather(*(commit(node.spool, body(f"s{i}")) for i in range(50)))
         await node.runner.stop()  # no wait_idle: whatever started finishes
         delivered = len(mailbox(tmp_path, "alice@local.test"))
@@ -228,7 +245,7 @@ def test_stop_finishes_in_flight(tmp_path: Path) -> None:
         node.spool.close()
         node.journal.close()
         node = Node(tmp_path, users("alice@local.test"))
-        node.runner.start()
+        await node.runner.start()
         await node.runner.wait_idle(10)
         await node.stop()
 

@@ -103,9 +103,27 @@ def test_envelope_must_match_writer(tmp_path: Path) -> None:
             writer.write(b"abc")
             with pytest.raises(ValueError):
                 await writer.commit(Envelope("0" * 12, "", (), "", "", 0.0, "SMTP", 3))
-            with pytest.raises(ValueError):
-                await writer.commit(Envelope(writer.queue_id, "", (), "", "", 0.0, "SMTP", 4))
-            writer.abort()
+            # The size is the writer's: what is in the file, trace headers included.
+            await writer.commit(Envelope(writer.queue_id, "", (), "", "", 0.0, "SMTP", 999))
+
+        run(go())
+        [entry] = spool.take_ready()
+        assert entry.envelope.size == 3
+
+
+def test_ensure_file_for_hooks(tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool") as spool:
+
+        async def go() -> None:
+            writer = spool.begin()
+            writer.write(b"head\n")
+            path = writer.ensure_file()
+            assert Path(path).read_bytes() == b"head\n"
+            writer.write(b"body\n")
+            await writer.commit(
+                Envelope(writer.queue_id, "", ("a@x.test",), "", "", 0.0, "SMTP", writer.size)
+            )
+            assert Path(path).read_bytes() == b"head\nbody\n"
 
         run(go())
 

@@ -34,7 +34,7 @@ __all__ = ["Journal", "JournalRecord"]
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _FINAL = {Status.SENT.value: Status.SENT, Status.FAILED.value: Status.FAILED}
 #: slack for clocks that moved between a record's write and its lookup
-_CLOCK_SLACK = 3600.0
+_CLOCK_SLACK = 300.0
 
 
 @dataclass(frozen=True, slots=True)

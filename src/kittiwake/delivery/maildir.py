@@ -118,6 +118,20 @@ class MaildirDeliverer:
         self._boxes: dict[str, _Maildir] = {}
         self._create_lock = threading.Lock()
 
+    @classmethod
+    def in_data_dir(cls, data: Path, *, hostname: str | None = None) -> MaildirDeliverer:
+        """The standard layout: Maildirs under ``DATA/mail``, journal in
+        ``DATA/journal`` (one file per process).
+
+        Raises:
+            OSError: the journal cannot be created.
+        """
+        return cls(data / "mail", Journal(data / "journal"), hostname=hostname)
+
+    def close(self) -> None:
+        """Close the journal."""
+        self.journal.close()
+
     # -- mailboxes -------------------------------------------------------------
 
     def _maildir(self, mailbox: str) -> _Maildir:

@@ -42,10 +42,14 @@ class Envelope:
     size: int
 
 
+# ensure_ascii keeps any str (even lone surrogates from surrogateescape) encodable;
+# one prebuilt encoder skips json.dumps's per-call setup.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
 def encode_record(env: Envelope) -> bytes:
     """Return the log line for ``env`` (leading newline, no trailing newline)."""
-    # ensure_ascii keeps any str (even lone surrogates from surrogateescape) encodable.
-    body = json.dumps(
+    body = _ENCODER.encode(
         {
             "v": _VERSION,
             "id": env.queue_id,
@@ -56,8 +60,7 @@ def encode_record(env: Envelope) -> bytes:
             "t": env.received_at,
             "proto": env.protocol,
             "size": env.size,
-        },
-        separators=(",", ":"),
+        }
     ).encode("ascii")
     return b"\n%s\t%08x" % (body, zlib.crc32(body))
 

@@ -85,18 +85,24 @@ class SpoolRunner:
         self._pool: ThreadPoolExecutor | None = None
         self._next_sweep = 0.0
         self._sweeping = False
+        self._owns_spool = False
 
     # -- control ---------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the workers (call from the running event loop). Entries recovered when
-        the spool was opened are delivered first.
+    async def start(self) -> None:
+        """Recover and start delivering: open the spool if it is not open yet (in a
+        thread: recovery reads the spool), then start the workers. Entries recovered
+        at open are delivered first. A spool opened here is closed by :meth:`stop`.
 
         Raises:
-            RuntimeError: already started, or no running event loop.
+            RuntimeError: already started.
+            OSError: the spool could not be opened.
         """
         if self._tasks:
             raise RuntimeError("runner already started")
+        if not self.spool.is_open:
+            await asyncio.to_thread(self.spool.open)
+            self._owns_spool = True
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="kw-deliver")
         self._next_sweep = time.monotonic() + self.sweep_interval
         self.spool.add_listener(self.wake)
@@ -110,8 +116,9 @@ class SpoolRunner:
         self._wakeup.set()
 
     async def stop(self) -> None:
-        """Finish the batches in flight, then stop. What was not started stays in the
-        spool for the next start."""
+        """Finish the batches in flight, then stop (and close the spool if
+        :meth:`start` opened it). What was not started stays in the spool for the
+        next start."""
         self._stopping = True
         self._wakeup.set()
         if self._tasks:
@@ -120,6 +127,9 @@ class SpoolRunner:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._owns_spool:
+            self._owns_spool = False
+            await asyncio.to_thread(self.spool.close)
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until nothing is ready or in flight (retries may still be scheduled).

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -106,7 +107,8 @@ class SpoolWriter:
     def __init__(self, spool: Spool, queue_id: str, path: str) -> None:
         #: the message's queue ID (name it in the 250 reply)
         self.queue_id = queue_id
-        #: the data file (it exists only once the message outgrew the memory buffer)
+        #: the data file; it exists only once the message outgrew the memory buffer,
+        #: or after :meth:`ensure_file`, until then the bytes are in memory
         self.path = path
         #: bytes written so far
         self.size = 0
@@ -115,6 +117,26 @@ class SpoolWriter:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._state = "open"  # open -> committing -> committed | failed; or aborted
+
+    def ensure_file(self) -> str:
+        """Put what was written so far into the data file and return its path, for a
+        hook that must read the message before it is accepted (blocking; creates the
+        file on the event loop, so call it only when such a hook exists).
+
+        Raises:
+            OSError: the file could not be written.
+            RuntimeError: the writer was already committed or aborted.
+        """
+        if self._state != "open":
+            raise RuntimeError(f"{self.queue_id}: ensure_file after {self._state}")
+        if self._fd < 0:
+            self._spill()
+        return self.path
+
+    def _spill(self) -> None:
+        self._fd = os.open(self.path, _O_NEW, 0o600)
+        data, self._buffer, self._buffered = b"".join(self._buffer), [], 0
+        _write_all(self._fd, data)
 
     def write(self, chunk: bytes) -> None:
         """Append ``chunk`` to the message.
@@ -137,10 +159,7 @@ class SpoolWriter:
         self._buffer.append(chunk)
         self._buffered += len(chunk)
         if self._buffered > self._spool.memory_threshold:
-            # A blocking create on the loop, but only once per large message.
-            self._fd = os.open(self.path, _O_NEW, 0o600)
-            data, self._buffer, self._buffered = b"".join(self._buffer), [], 0
-            _write_all(self._fd, data)
+            self._spill()  # a blocking create on the loop, but once per large message
 
     async def commit(self, envelope: Envelope) -> None:
         """Make the message durable; only once this returns may the caller send 250.
@@ -149,21 +168,22 @@ class SpoolWriter:
         or fails on its own (and a committed message is still delivered).
 
         Args:
-            envelope: with ``queue_id == self.queue_id`` and ``size == self.size``.
+            envelope: with ``queue_id == self.queue_id``. Its ``size`` is set to
+                :attr:`size` (the bytes actually spooled, trace headers included:
+                Maildir names carry it, and Dovecot checks it).
 
         Raises:
             OSError: the disk refused (``ENOSPC``, ``EIO``...); nothing of the message is
                 left that recovery would deliver. Reply 452 4.3.1 (or 451).
-            ValueError: the envelope does not match this writer.
+            ValueError: the envelope is for another queue ID.
             RuntimeError: already committed or aborted.
         """
         if self._state != "open":
             raise RuntimeError(f"{self.queue_id}: commit after {self._state}")
-        if envelope.queue_id != self.queue_id or envelope.size != self.size:
-            raise ValueError(
-                f"{self.queue_id}: envelope says {envelope.queue_id}/{envelope.size} bytes,"
-                f" writer has {self.size} bytes"
-            )
+        if envelope.queue_id != self.queue_id:
+            raise ValueError(f"{self.queue_id}: envelope is for {envelope.queue_id}")
+        if envelope.size != self.size:
+            envelope = dataclasses.replace(envelope, size=self.size)
         committer = self._spool._committer
         if committer is None:
             raise RuntimeError("spool is not open")
@@ -213,7 +233,7 @@ class Spool:
         self,
         root: Path,
         *,
-        threads: int = 32,
+        threads: int = 16,
         segment_bytes: int = 4 << 20,
         memory_threshold: int = 64 << 10,
     ) -> None:
@@ -247,6 +267,11 @@ class Spool:
         self.flushes = 0
 
     # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self._primary is not None
 
     @property
     def slot(self) -> int:
