@@ -12,6 +12,11 @@ creating, writing, fsyncing and renaming a copy; the file's data needs no second
 fsync. After the spool unlinks its name, the Maildir holds the only link. The file
 keeps the spool file's mode, 0600.
 
+(On a file system without a journal, as this dev box's ext4 is, the link count the
+link adds reaches the disk with the inode, not with the ``new/`` fsync; after a power
+loss, fsck reconciles it, exactly as it does for a classic Maildir rename that left
+the ``tmp/`` name behind. With a journal, entry and count change atomically.)
+
 When a link is impossible (``EXDEV``: the Maildirs are on another file system; or
 ``EPERM``/``EMLINK``), the message is copied the Maildir way: write ``tmp/<name>``
 (``copy_file_range``, done in the kernel), ``fsync``, ``rename`` into ``new/``; the

@@ -1,4 +1,5 @@
-"""The envelope of a spooled message and its record in a spool log segment.
+"""The envelope of a spooled message, its record in a spool log segment, and the
+entry the spool hands to delivery.
 
 A record is one line: ``\\n`` + compact JSON + ``\\t`` + CRC-32 of the JSON (8 hex
 digits). The line *starts* with its newline so that a record torn by a crash or a full
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Envelope", "decode_record", "encode_record", "iter_records"]
+__all__ = ["Envelope", "SpoolEntry", "decode_record", "encode_record", "iter_records"]
 
 _VERSION = 1
 
@@ -40,6 +41,20 @@ class Envelope:
     protocol: str
     #: bytes of message data in the spool file (trace headers included)
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """A committed message waiting for delivery."""
+
+    envelope: Envelope
+    #: the message data file (hard-link source); read it, never write it
+    data_path: str
+    #: the slot that holds it
+    slot: int
+    #: True if it was found at start or taken over from a dead process: a delivery may
+    #: already have happened, so the deliverer must check before delivering
+    recovered: bool
 
 
 # ensure_ascii keeps any str (even lone surrogates from surrogateescape) encodable;

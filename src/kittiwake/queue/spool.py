@@ -40,185 +40,28 @@ threads; :attr:`Spool._state` (a lock) guards the bookkeeping they share.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from kittiwake.queue import _slots
 from kittiwake.queue._committer import GroupCommitter
-from kittiwake.queue._envelope import Envelope, encode_record, iter_records
+from kittiwake.queue._envelope import Envelope, SpoolEntry, iter_records
 from kittiwake.queue._qid import MAX_SLOTS, QueueIdAllocator, is_queue_id
 from kittiwake.queue._slots import SlotState
+from kittiwake.queue._writer import O_NEW, PendingCommit, SpoolWriter, write_all
 
 __all__ = ["Envelope", "Spool", "SpoolEntry", "SpoolWriter", "list_spool"]
 
 log = logging.getLogger("kittiwake.queue")
 
-_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 #: the queue-ID clock floor is saved this far ahead of the IDs actually issued, so it
 #: only needs rewriting about once a second
 _FLOOR_MARGIN_MS = 2000
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolEntry:
-    """A committed message waiting for delivery."""
-
-    envelope: Envelope
-    #: the message data file (hard-link source); read it, never write it
-    data_path: str
-    #: the slot that holds it
-    slot: int
-    #: True if it was found at start or taken over from a dead process: a delivery may
-    #: already have happened, so the deliverer must check before delivering
-    recovered: bool
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-class _Commit:
-    """What a commit hands the worker threads."""
-
-    __slots__ = ("data", "entry", "fd", "record")
-
-    def __init__(self, entry: SpoolEntry, fd: int, data: bytes | None, record: bytes) -> None:
-        self.entry = entry
-        self.fd = fd  # the spilled data file, or -1: create it from ``data``
-        self.data = data
-        self.record = record
-
-
-class SpoolWriter:
-    """One message being received. Not thread-safe; use it from the event loop."""
-
-    __slots__ = ("_buffer", "_buffered", "_fd", "_spool", "_state", "path", "queue_id", "size")
-
-    def __init__(self, spool: Spool, queue_id: str, path: str) -> None:
-        #: the message's queue ID (name it in the 250 reply)
-        self.queue_id = queue_id
-        #: the data file; it exists only once the message outgrew the memory buffer,
-        #: or after :meth:`ensure_file`, until then the bytes are in memory
-        self.path = path
-        #: bytes written so far
-        self.size = 0
-        self._spool = spool
-        self._fd = -1
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._state = "open"  # open -> committing -> committed | failed; or aborted
-
-    def ensure_file(self) -> str:
-        """Put what was written so far into the data file and return its path, for a
-        hook that must read the message before it is accepted (blocking; creates the
-        file on the event loop, so call it only when such a hook exists).
-
-        Raises:
-            OSError: the file could not be written.
-            RuntimeError: the writer was already committed or aborted.
-        """
-        if self._state != "open":
-            raise RuntimeError(f"{self.queue_id}: ensure_file after {self._state}")
-        if self._fd < 0:
-            self._spill()
-        return self.path
-
-    def _spill(self) -> None:
-        self._fd = os.open(self.path, _O_NEW, 0o600)
-        data, self._buffer, self._buffered = b"".join(self._buffer), [], 0
-        _write_all(self._fd, data)
-
-    def write(self, chunk: bytes) -> None:
-        """Append ``chunk`` to the message.
-
-        Small messages stay in memory until commit; past
-        :attr:`Spool.memory_threshold` bytes the data goes to the file as it comes, so
-        memory use stays bounded whatever the message size.
-
-        Raises:
-            OSError: the file could not be written (``ENOSPC``: reply 452 4.3.1 and
-                call :meth:`abort`).
-            RuntimeError: the writer was already committed or aborted.
-        """
-        if self._state != "open":
-            raise RuntimeError(f"{self.queue_id}: write after {self._state}")
-        self.size += len(chunk)
-        if self._fd >= 0:
-            _write_all(self._fd, chunk)
-            return
-        self._buffer.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered > self._spool.memory_threshold:
-            self._spill()  # a blocking create on the loop, but once per large message
-
-    async def commit(self, envelope: Envelope) -> None:
-        """Make the message durable; only once this returns may the caller send 250.
-
-        If the calling task is cancelled while this waits, the commit still completes
-        or fails on its own (and a committed message is still delivered).
-
-        Args:
-            envelope: with ``queue_id == self.queue_id``. Its ``size`` is set to
-                :attr:`size` (the bytes actually spooled, trace headers included:
-                Maildir names carry it, and Dovecot checks it).
-
-        Raises:
-            OSError: the disk refused (``ENOSPC``, ``EIO``...); nothing of the message is
-                left that recovery would deliver. Reply 452 4.3.1 (or 451).
-            ValueError: the envelope is for another queue ID.
-            RuntimeError: already committed or aborted.
-        """
-        if self._state != "open":
-            raise RuntimeError(f"{self.queue_id}: commit after {self._state}")
-        if envelope.queue_id != self.queue_id:
-            raise ValueError(f"{self.queue_id}: envelope is for {envelope.queue_id}")
-        if envelope.size != self.size:
-            envelope = dataclasses.replace(envelope, size=self.size)
-        committer = self._spool._committer
-        if committer is None:
-            raise RuntimeError("spool is not open")
-        self._state = "committing"
-        data = b"".join(self._buffer) if self._fd < 0 else None
-        self._buffer = []
-        fd, self._fd = self._fd, -1
-        entry = SpoolEntry(envelope, self.path, self._spool.slot, False)
-        try:
-            await committer.commit(_Commit(entry, fd, data, encode_record(envelope)))
-        except asyncio.CancelledError:
-            # The commit goes on in its thread; if it succeeds the message is delivered
-            # (the client just never hears 250). State stays "committing": abort() is
-            # then a no-op, so it cannot remove a message that did get committed.
-            raise
-        except BaseException:
-            self._state = "failed"
-            raise
-        self._state = "committed"
-
-    def abort(self) -> None:
-        """Throw the message away (idempotent). After a successful :meth:`commit`, or
-        while one is in progress, this does nothing: a committed message is never lost
-        by an abort."""
-        if self._state in ("committing", "committed", "aborted"):
-            return
-        self._state = "aborted"
-        self._buffer = []
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-        # A failed commit already removed its file; "open" may have spilled to disk.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
 
 
 class Spool:
@@ -250,7 +93,7 @@ class Spool:
         self.memory_threshold = memory_threshold
         self._root = str(root)
         self._threads = threads
-        self._committer: GroupCommitter[_Commit] | None = None
+        self._committer: GroupCommitter[PendingCommit] | None = None
         self._primary: SlotState | None = None
         self._slots: dict[int, SlotState] = {}
         self._alloc: QueueIdAllocator | None = None
@@ -424,21 +267,21 @@ class Spool:
     # -- the two halves of a commit (worker threads, see _committer) ----------------
 
     @staticmethod
-    def _prepare(commit: _Commit) -> None:
+    def _prepare(commit: PendingCommit) -> None:
         """Write (if still in memory) and fsync the data file."""
         fd, commit.fd = commit.fd, -1
         try:
             if fd < 0:
-                fd = os.open(commit.entry.data_path, _O_NEW, 0o600)
+                fd = os.open(commit.entry.data_path, O_NEW, 0o600)
             if commit.data:
-                _write_all(fd, commit.data)
+                write_all(fd, commit.data)
             os.fsync(fd)
         finally:
             if fd >= 0:
                 os.close(fd)
 
     @staticmethod
-    def _abandon(commit: _Commit) -> None:
+    def _abandon(commit: PendingCommit) -> None:
         """A failed commit leaves no data file behind (a record that did reach the disk
         without its data file counts as finished, so it is harmless)."""
         if commit.fd >= 0:
@@ -448,7 +291,7 @@ class Spool:
         with contextlib.suppress(OSError):
             os.unlink(commit.entry.data_path)
 
-    def _flush(self, batch: Sequence[_Commit]) -> None:
+    def _flush(self, batch: Sequence[PendingCommit]) -> None:
         """Append one batch of records durably. Called by one thread at a time."""
         primary = self._primary
         assert primary is not None
@@ -505,7 +348,7 @@ class Spool:
         record sits in a segment older than the one just closed)."""
         previous = primary.current
         number = primary.last_segment + 1
-        fd = os.open(primary.segment_path(number), _O_NEW, 0o600)
+        fd = os.open(primary.segment_path(number), O_NEW, 0o600)
         if self._seg_fd >= 0:
             os.close(self._seg_fd)
         self._seg_fd, self._seg_size, self._seg_broken = fd, 0, False
