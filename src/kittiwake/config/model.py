@@ -98,7 +98,7 @@ class ServerOptions:
     #: postmaster address; mail to postmaster@<local domain> and bare <postmaster> goes here
     postmaster: str = "postmaster@localhost"
     #: spool worker tasks delivering from the spool
-    spool_threads: int = 4
+    spool_threads: int = 1
     #: seconds to let open transactions finish on SIGTERM
     shutdown_grace: float = 30.0
 

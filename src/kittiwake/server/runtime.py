@@ -34,7 +34,7 @@ class Server:
         self.store = SqliteStore(data_dir / "kittiwake.db")
         for domain in config.domains.domain_names:
             self.store.add_domain(domain)
-        self.spool = Spool(data_dir / "spool")
+        self.spool = Spool(data_dir / "spool", threads=4)
         self.journal = Journal(data_dir / "journal")
         resolver = LocalResolver(self.store, self.store, config.server.postmaster)
         hostname = config.listeners[0].hello_name if config.listeners else None
