@@ -7,6 +7,8 @@ Three runs in fresh directories, as the server uses them (uvloop if installed):
 commit    N messages through ``begin/write/commit``, ``--sessions`` at a time
 deliver   the runner delivering N messages already in the spool
 full      both at once: commits with the runner delivering behind them
+recover   (not by default) delivering N messages found in the spool at start: the
+          careful path (journal lookup, Maildir scans) that prevents double delivery
 
 For each: messages per second, and CPU per message (user and system, all threads of
 the process, from ``getrusage``). Logging of deliveries is on (to a null handler via
@@ -80,17 +82,20 @@ async def _run(mode: str, n: int, sessions: int, size: int, base: Path, threads:
         spool.open()
         await _measure(mode, n, commits)
         spool.close()
-    elif mode == "deliver":
+    elif mode in ("deliver", "recover"):
         spool.open()
         await commits()
-        spool.close()
+        if mode == "recover":
+            spool.close()  # the next start recovers them: the careful path
 
         async def drain() -> None:
-            await runner.start()  # reopens: recovery, then delivery
+            await runner.start()  # ("recover": reopens the spool first)
             await runner.wait_idle(600)
 
         await _measure(mode, n, drain)
         await runner.stop()
+        if spool.is_open:
+            spool.close()
     else:
         await runner.start()
 
