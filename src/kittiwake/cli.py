@@ -132,14 +132,17 @@ def _domain(config: Config, data: Path, action: str, name: str | None) -> int:
         domain = canonical_domain(name)
     except InvalidName:
         raise _Failure(f"not a valid domain name: {name!r}") from None
-    if action == "add":
-        if not store.add_domain(domain):
-            raise _Failure(f"domain {domain} already exists")
-        print(f"added domain {domain}")
-    elif not store.remove_domain(domain):
-        raise _Failure(f"no such domain: {domain}")
-    else:
-        print(f"removed domain {domain}")
+    try:
+        if action == "add":
+            if not store.add_domain(domain):
+                raise _Failure(f"domain {domain} already exists")
+            print(f"added domain {domain}")
+        elif not store.remove_domain(domain):
+            raise _Failure(f"no such domain: {domain}")
+        else:
+            print(f"removed domain {domain}")
+    except InvalidName:
+        raise _Failure(f"not a usable domain name: {name!r}") from None
     return 0
 
 

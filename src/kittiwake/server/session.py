@@ -173,7 +173,12 @@ class Session:
             exc = self._failed
             reply = _storage_reply(exc) if exc is not None else R.LOCAL_ERROR
             return self._per_recipient(reply, n)
-        result = await self._run_hooks("on_message", writer.path)
+        # A small message is still in memory; give hooks a file only when there are hooks.
+        result = (
+            await self._run_hooks("on_message", writer.ensure_file())
+            if self.ctx.hooks
+            else _DECLINED
+        )
         if result.action in (Action.DENY, Action.DENYSOFT):
             self._abort_message()
             return self._per_recipient(result.refusal(), n)
