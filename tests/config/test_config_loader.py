@@ -94,7 +94,6 @@ def test_other_files_are_named(conf_dir: ConfDir, host: HostLookup) -> None:
         "config.xml (whole file; James 2.x: move its <smtpserver> block into smtpserver.xml)",
         "dnsservice.xml (whole file)",
         "jvm.properties (whole file)",
-        "lmtpserver.xml (whole file)",
         "usersrepository.xml (whole file)",
     )
 
@@ -230,7 +229,6 @@ def test_report_of_a_directory(load_files: LoadFiles) -> None:
         "default domain: example.com",
         "postmaster: postmaster@example.com",
         'not implemented yet (ignored): smtpserver.xml: <smtpserver name="mx">/<ioWorkerCount>',
-        "not implemented yet (ignored): lmtpserver.xml (whole file)",
     ]
 
 

@@ -34,13 +34,14 @@ from kittiwake.protocol import (
     RcptTo,
     Reply,
     ServerConnection,
+    StartTLS,
     State,
     Unknown,
     replies,
 )
 from kittiwake.protocol._state import TRANSITIONS
 
-from .transcripts import HOSTNAME, Session, run, split_replies
+from .transcripts import HANDSHAKE, HOSTNAME, Session, run, split_replies
 
 # KITTIWAKE_EXAMPLES=20000 for a long hunt; the default keeps tests/protocol near 10 s.
 EXAMPLES = int(os.environ.get("KITTIWAKE_EXAMPLES", "1000"))
@@ -98,6 +99,7 @@ core_settings = st.builds(
     max_message_size=st.sampled_from([0, 8, 64]),
     max_recipients=st.sampled_from([1, 2, 100]),
     helo_required=st.booleans(),
+    starttls=st.booleans(),
 )
 
 
@@ -123,6 +125,16 @@ def test_any_bytes_any_chunking(cfg: CoreSettings, stream: bytes, data: st.DataO
     bytewise = run(cfg, [stream[i : i + 1] for i in range(len(stream))])
     assert bytewise.same() == whole.same()
     assert whole.closed
+
+
+@settings(max_examples=EXAMPLES // 4, deadline=None)
+@given(core_settings, streams, st.data())
+def test_any_bytes_with_a_handshake(cfg: CoreSettings, stream: bytes, data: st.DataObject) -> None:
+    """A handshake anywhere (ignored unless STARTTLS was accepted): still no crash."""
+    at = data.draw(st.integers(0, len(stream)))
+    whole = run(cfg, [stream[:at], HANDSHAKE, stream[at:]])
+    bytewise = [stream[:at], HANDSHAKE, *(stream[i : i + 1] for i in range(at, len(stream)))]
+    assert run(cfg, bytewise).same() == whole.same()
 
 
 @FAST
@@ -205,13 +217,14 @@ COMMAND = {
     "RCPT": b"RCPT TO:<bob@local.test>\r\n",
     "DATA": b"DATA\r\n",
     "BDAT": b"BDAT 2\r\nab",
+    "STARTTLS": b"STARTTLS\r\n",
 }
 SEQUENCED = list(COMMAND)
 
 
 def reach(state: State, mode: Mode, *, helo_required: bool = True) -> Session:
     """A session in ``state`` (the fake app accepting everything on the way)."""
-    s = Session(mode=mode, helo_required=helo_required)
+    s = Session(mode=mode, helo_required=helo_required, starttls=True)
     hello = COMMAND[HELLO[mode][-1]]
     path = {
         State.CONNECTED: b"",
@@ -220,6 +233,7 @@ def reach(state: State, mode: Mode, *, helo_required: bool = True) -> Session:
         State.RCPT: hello + COMMAND["MAIL"] + COMMAND["RCPT"],
         State.DATA: hello + COMMAND["MAIL"] + COMMAND["RCPT"] + COMMAND["DATA"],
         State.CHUNKING: hello + COMMAND["MAIL"] + COMMAND["RCPT"] + COMMAND["BDAT"],
+        State.TLS_HANDSHAKE: hello + COMMAND["STARTTLS"],
         State.CLOSED: b"QUIT\r\n",
     }[state]
     if path:
@@ -251,6 +265,10 @@ def test_every_state_and_verb(mode: Mode, state: State, verb: str) -> None:
     if state is State.CLOSED:
         assert got == [] and s.conn.state is State.CLOSED
         return
+    if state is State.TLS_HANDSHAKE:  # clear text before the handshake: never executed
+        assert got == [[str(replies.STARTTLS_INJECTION)]] and s.conn.closed
+        assert new_events == ["ConnectionClosed"]
+        return
     target = TRANSITIONS.get((state, verb))
     if target is None:
         assert len(got) == 1 and got[0][0].startswith("503 5.5.1 "), got
@@ -280,7 +298,7 @@ def test_mail_before_helo_when_not_required() -> None:
 
 # The random walk: the application accepts or refuses each decision at random.
 
-STEPS = [*SEQUENCED, "BDAT LAST", "RSET", "NOOP", "TEXT"]
+STEPS = [*SEQUENCED, "BDAT LAST", "RSET", "NOOP", "TEXT", "HANDSHAKE"]
 STEP_BYTES = {**COMMAND, "BDAT LAST": b"BDAT 0 LAST\r\n", "RSET": b"RSET\r\n", "NOOP": b"NOOP\r\n"}
 STEP_BYTES["TEXT"] = b"some text\r\n.\r\n"
 
@@ -294,6 +312,8 @@ def positive(conn: ServerConnection, event: Event) -> Reply | list[Reply]:
         return [replies.OK] * conn.recipients_accepted
     if isinstance(event, Quit):
         return replies.BYE
+    if isinstance(event, StartTLS):
+        return replies.READY_TLS
     assert isinstance(event, MailFrom | RcptTo | MessageComplete | Unknown), event
     return replies.OK
 
@@ -305,8 +325,16 @@ def negative(conn: ServerConnection, event: Event) -> Reply | list[Reply]:
     return refusal
 
 
-def expected_state(before: State, step: str, accept: bool, helo_required: bool) -> State:
+def expected_state(before: State, step: str, accept: bool, helo_required: bool, tls: bool) -> State:
     """The model: the table, a positive reply moves, anything else stays."""
+    if before is State.CLOSED:
+        return before
+    if step == "HANDSHAKE":
+        return State.CONNECTED if before is State.TLS_HANDSHAKE else before
+    if before is State.TLS_HANDSHAKE:  # any octet before the handshake closes
+        return State.CLOSED
+    if step == "STARTTLS" and tls:
+        return before  # 503 TLS already active, whatever the state
     if before is State.DATA:  # every step is message text; only TEXT holds CRLF.CRLF
         return State.GREETED if step == "TEXT" else State.DATA
     if step in ("NOOP", "TEXT"):  # TEXT outside DATA: unknown verbs, nothing moves
@@ -336,12 +364,19 @@ def expected_state(before: State, step: str, accept: bool, helo_required: bool) 
 def test_random_walk_follows_the_table(
     mode: Mode, helo_required: bool, steps: list[tuple[str, bool]]
 ) -> None:
-    conn = ServerConnection(CoreSettings(HOSTNAME, mode=mode, helo_required=helo_required))
+    settings_ = CoreSettings(HOSTNAME, mode=mode, helo_required=helo_required, starttls=True)
+    conn = ServerConnection(settings_)
     conn.greeting()
     for step, accept in steps:
         if step in ("HELO", "EHLO", "LHLO") and step not in HELLO[mode]:
             continue
-        before = conn.state
+        before, tls = conn.state, conn.tls
+        if step == "HANDSHAKE":
+            if before is State.TLS_HANDSHAKE:
+                conn.tls_started()
+                assert conn.tls
+            assert conn.state is expected_state(before, step, accept, helo_required, tls)
+            continue
         conn.receive_data(STEP_BYTES[step])
         decisions = 0
         for event in conn.events():
@@ -352,8 +387,17 @@ def test_random_walk_follows_the_table(
                 answer = positive if accept else negative
                 conn.send(answer(conn, event))
         replies_out = split_replies(conn.data_to_send())
-        want = expected_state(before, step, accept, helo_required)
+        want = expected_state(before, step, accept, helo_required, tls)
         assert conn.state is want, (before, step, accept, replies_out)
+        if before is State.CLOSED:
+            assert replies_out == [] and decisions == 0
+            continue
+        if before is State.TLS_HANDSHAKE:
+            assert replies_out == [[str(replies.STARTTLS_INJECTION)]], replies_out
+            continue
+        if step == "STARTTLS" and tls:
+            assert replies_out == [[str(replies.TLS_ALREADY_ACTIVE)]] and decisions == 0
+            continue
         if step in [*SEQUENCED, "BDAT LAST"] and before is not State.DATA:
             verb = "BDAT" if step == "BDAT LAST" else step
             in_table = (before, verb) in TRANSITIONS or (

@@ -16,7 +16,6 @@ from .transcripts import (
     Transcript,
     check,
     check_turns,
-    chunkings,
     load,
     match_reply,
     parse,
@@ -39,7 +38,7 @@ def test_there_are_transcripts() -> None:
 
 def test_transcript(transcript: Transcript) -> None:
     outcomes = {}
-    for way, chunks in chunkings(transcript.client_bytes, transcript.seed):
+    for way, chunks in transcript.chunkings():
         outcomes[way] = check(transcript, way, chunks)
     outcomes["turns"] = check_turns(transcript)
     assert list(outcomes)[:5] == WAYS

@@ -17,11 +17,15 @@ A transcript is a text file of lines, each starting with a two-letter tag:
 ``D: text``
     The message text of the preceding ``E: MessageComplete``, with Python escapes;
     consecutive ``D:`` lines are concatenated. Omitted: the text is not checked.
+``T: handshake``
+    The adapter's TLS handshake after STARTTLS: ``tls_started()`` is called here (if
+    the core is still waiting for it). Every chunking cuts the octets on either side
+    separately, as a real handshake separates them.
 
 A header of ``# key: value`` lines at the top sets ``CoreSettings`` fields (``mode``,
 ``max_line_length``, ``max_message_size``, ``max_recipients``, ``helo_required``,
-``brackets_required``); other ``#`` lines are comments. The connection always ends with
-EOF after the last client octets.
+``brackets_required``, ``starttls``); other ``#`` lines are comments. The connection
+always ends with EOF after the last client octets.
 
 Every transcript runs through the core several ways (``chunkings``): as one chunk, one
 byte at a time, in seeded random chunks, and turn by turn (the client octets up to each
@@ -56,11 +60,14 @@ from kittiwake.protocol import (
     Reply,
     Reset,
     ServerConnection,
+    StartTLS,
+    State,
     Unknown,
     replies,
 )
 
 __all__ = [
+    "HANDSHAKE",
     "HOSTNAME",
     "TRANSCRIPT_DIR",
     "FakeApp",
@@ -79,6 +86,16 @@ __all__ = [
 
 TRANSCRIPT_DIR = Path(__file__).parent / "transcripts"
 HOSTNAME = "mx.test"
+
+
+class _Handshake:
+    """In a list of chunks: the TLS handshake after STARTTLS happens here."""
+
+    def __repr__(self) -> str:
+        return "HANDSHAKE"
+
+
+HANDSHAKE: Any = _Handshake()
 
 # ---- the fake application -------------------------------------------------------------
 
@@ -165,6 +182,9 @@ class FakeApp:
             self._reset()
         elif isinstance(event, Quit):
             conn.send(replies.BYE)
+        elif isinstance(event, StartTLS):
+            self._reset()
+            conn.send(replies.READY_TLS)
         elif isinstance(event, Unknown):
             conn.send(replies.UNRECOGNIZED)
 
@@ -242,7 +262,11 @@ def run(settings: CoreSettings, chunks: Iterable[bytes], *, eof: bool = True) ->
         feed.append(b"")
     try:
         for chunk in feed:
-            conn.receive_data(chunk)
+            if chunk is HANDSHAKE:
+                if conn.state is State.TLS_HANDSHAKE:
+                    conn.tls_started()
+            else:
+                conn.receive_data(chunk)
             drain()
             sent = conn.data_to_send()
             out += sent
@@ -296,9 +320,10 @@ _SETTINGS: dict[str, Callable[[str], Any]] = {
     "max_recipients": int,
     "helo_required": lambda v: {"true": True, "false": False}[v.lower()],
     "brackets_required": lambda v: {"true": True, "false": False}[v.lower()],
+    "starttls": lambda v: {"true": True, "false": False}[v.lower()],
 }
 _HEADER = re.compile(r"# ([a-z_]+): (.*)")
-_TAGS = ("S:", "C:", "R:", "E:", "D:")
+_TAGS = ("S:", "C:", "R:", "E:", "D:", "T:")
 
 
 @dataclass
@@ -319,7 +344,29 @@ class Transcript:
 
     @property
     def client_bytes(self) -> bytes:
-        return b"".join(c for c, _ in self.turns)
+        return b"".join(c for c, _ in self.turns if c is not HANDSHAKE)
+
+    @property
+    def segments(self) -> list[bytes]:
+        """The client's octets cut at each handshake (one segment when there is none)."""
+        out = [b""]
+        for client, _ in self.turns:
+            if client is HANDSHAKE:
+                out.append(b"")
+            else:
+                out[-1] += client
+        return out
+
+    def chunkings(self) -> Iterator[tuple[str, list[bytes]]]:
+        """:func:`chunkings` of each segment, joined by ``HANDSHAKE``."""
+        ways = [list(chunkings(seg, self.seed + i)) for i, seg in enumerate(self.segments)]
+        for cut_ways in zip(*ways, strict=True):
+            chunks: list[bytes] = []
+            for i, (_, pieces) in enumerate(cut_ways):
+                if i:
+                    chunks.append(HANDSHAKE)
+                chunks.extend(pieces)
+            yield cut_ways[0][0], chunks
 
     @property
     def reply_lines(self) -> list[str]:
@@ -357,9 +404,13 @@ def parse(name: str, text: str) -> Transcript:
         client, lines = turns[-1]
         if tag == "S:":
             lines.append(body)
+        elif tag == "T:":
+            if body != "handshake":
+                raise ValueError(f"{where}: T: takes handshake")
+            turns.append((HANDSHAKE, []))
         elif tag in ("C:", "R:"):
             octets = body.encode("utf-8") + b"\r\n" if tag == "C:" else _escapes(body)
-            if lines or len(turns) == 1:
+            if lines or len(turns) == 1 or client is HANDSHAKE:
                 turns.append((octets, []))
             else:
                 turns[-1] = (client + octets, lines)

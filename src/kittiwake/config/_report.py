@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kittiwake.config.model import KIB, MIB, Config, ListenerConfig
+from kittiwake.config.model import KIB, MIB, Config, ListenerConfig, Protocol
 
 __all__ = ["NOT_IMPLEMENTED_PREFIX", "format_report"]
 
@@ -27,12 +27,15 @@ def _seconds(s: float) -> str:
 
 
 def _listener(listener: ListenerConfig) -> list[str]:
-    binds = ", ".join(str(b) for b in listener.binds)
+    binds = ", ".join(
+        [*(str(b) for b in listener.binds), *(f"unix:{p}" for p in listener.unix_sockets)]
+    )
+    greeting_name = "lmtpGreeting" if listener.protocol is Protocol.LMTP else "smtpGreeting"
     greeting = listener.greeting if listener.greeting is not None else "(generated)"
     features = ", ".join(sorted(listener.disabled_features)) or "none"
     return [
         f"  {listener.name} ({listener.protocol.value.upper()}): {binds}",
-        f"    helloName: {listener.hello_name}; smtpGreeting: {greeting}",
+        f"    helloName: {listener.hello_name}; {greeting_name}: {greeting}",
         f"    maxmessagesize: {_size(listener.max_message_size)}; "
         f"maxLineLength: {listener.max_line_length} bytes; "
         f"recipients per message: {listener.max_recipients}",

@@ -4,6 +4,7 @@ Files read:
 
 * ``smtpserver.xml``: the SMTP listeners (``_smtpserver.py``). Absent: the embedded
   default listener.
+* ``lmtpserver.xml``: the LMTP listeners (``_lmtpserver.py``). Absent: no LMTP.
 * ``domainlist.xml``: local domains and the default domain (``_domainlist.py``). Absent:
   ``localhost`` only.
 * ``mailetcontainer.xml``: only ``<context><postmaster>``; the processors are named as
@@ -27,6 +28,8 @@ from kittiwake.config._domainlist import (
     read_postmaster,
 )
 from kittiwake.config._errors import ConfigError, Findings, Problem
+from kittiwake.config._lmtpserver import FILE as LMTPSERVER
+from kittiwake.config._lmtpserver import check_lmtp_listeners, read_lmtpserver
 from kittiwake.config._report import format_report
 from kittiwake.config._smtpserver import FILE as SMTPSERVER
 from kittiwake.config._smtpserver import autodetected_hello_name, read_smtpserver
@@ -44,7 +47,7 @@ __all__ = ["ConfigError", "HostLookup", "Problem", "format_report", "load_config
 #: The embedded default listener: loopback only, an unprivileged port.
 DEFAULT_LISTENER_NAME = "smtp"
 DEFAULT_BIND = Bind("127.0.0.1", 2525)
-_READ = (SMTPSERVER, DOMAINLIST, MAILETCONTAINER)
+_READ = (SMTPSERVER, LMTPSERVER, DOMAINLIST, MAILETCONTAINER)
 _T = TypeVar("_T")
 _OTHER_FILE_NOTES = {
     "config.xml": "James 2.x: move its <smtpserver> block into smtpserver.xml",
@@ -87,6 +90,8 @@ def load_config(conf_dir: Path | None, *, host: HostLookup | None = None) -> Con
     listeners = files.read(
         SMTPSERVER, lambda p, f: read_smtpserver(p, lookup, f), list(embedded.listeners)
     )
+    no_lmtp: list[ListenerConfig] = []
+    lmtp = files.read(LMTPSERVER, lambda p, f: read_lmtpserver(p, lookup, f), no_lmtp)
     domains = files.read(DOMAINLIST, lambda p, f: read_domainlist(p, lookup, f), embedded.domains)
     postmaster = files.read(
         MAILETCONTAINER,
@@ -95,6 +100,8 @@ def load_config(conf_dir: Path | None, *, host: HostLookup | None = None) -> Con
     )
     if (conf_dir / SMTPSERVER).is_file():
         files.problems.extend(_check_listeners(listeners))
+    files.problems.extend(check_lmtp_listeners(lmtp, listeners))
+    listeners.extend(lmtp)
     files.unimplemented.extend(_other_files(conf_dir))
     if files.problems:
         raise ConfigError(files.problems)

@@ -54,6 +54,8 @@ class ListenerConfig:
     protocol: Protocol = Protocol.SMTP
     enabled: bool = True
     binds: tuple[Bind, ...] = (Bind("127.0.0.1", 2525),)
+    #: Unix-domain socket paths to listen on as well (``<bind>unix:/path</bind>``, LMTP only)
+    unix_sockets: tuple[str, ...] = ()
     connection_backlog: int = DEFAULT_BACKLOG
     #: seconds a connection may stay idle waiting for a command (James ``connectiontimeout``)
     connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT

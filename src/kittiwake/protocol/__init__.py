@@ -17,6 +17,7 @@ from ._events import (
     Quit,
     RcptTo,
     Reset,
+    StartTLS,
     Unknown,
 )
 from ._replies import Reply
@@ -45,6 +46,7 @@ __all__ = [
     "Reply",
     "Reset",
     "ServerConnection",
+    "StartTLS",
     "State",
     "Unknown",
     "replies",

@@ -24,6 +24,7 @@ __all__ = [
     "Quit",
     "RcptTo",
     "Reset",
+    "StartTLS",
     "Unknown",
 ]
 
@@ -96,6 +97,18 @@ class MessageComplete(Event):
 @dataclass(frozen=True, slots=True)
 class Quit(Event):
     """QUIT; the connection closes after the reply (normally ``BYE``)."""
+
+    needs_reply: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS(Event):
+    """STARTTLS (RFC 3207), already checked by the core: offered on this listener, no
+    argument, outside a transaction, TLS not active, not after AUTH. A positive reply
+    (``READY_TLS``, 220) makes the core read nothing more: the adapter then runs the
+    handshake and calls ``ServerConnection.tls_started()``; any octet the client sends
+    before that closes the connection (``STARTTLS_INJECTION``). A refusal
+    (``TLS_NOT_AVAILABLE``, 454) leaves the session as it was."""
 
     needs_reply: ClassVar[bool] = True
 

@@ -60,6 +60,7 @@ SENDER_OK = Reply(250, "2.1.0", "Sender ok")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient ok")
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 BYE = Reply(221, "2.0.0", "Bye")
+READY_TLS = Reply(220, "2.0.0", "Ready to start TLS")  # RFC 3207 4
 VRFY_CANNOT = Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
 HELP = Reply(
     214,
@@ -78,6 +79,7 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 DENYSOFT = Reply(451, "4.7.1", "Temporary problem, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
+TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available due to temporary reason")
 
 # -- Permanent failures: syntax and sequence ---------------------------------------------
 UNRECOGNIZED = Reply(500, "5.5.1", "Command unrecognized")
@@ -112,6 +114,9 @@ NEED_MAIL = Reply(503, "5.5.1", "Need MAIL before RCPT")
 NEED_RCPT = Reply(503, "5.5.1", "Need RCPT before DATA")
 BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
 DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed after BDAT in one transaction")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")  # RFC 3207 4.2
+STARTTLS_IN_TRANSACTION = Reply(503, "5.5.1", "STARTTLS not allowed during a mail transaction")
+STARTTLS_AFTER_AUTH = Reply(503, "5.5.1", "STARTTLS not allowed after AUTH")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL or RCPT parameter")
 UTF8_NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
@@ -120,3 +125,9 @@ MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum messag
 DENY = Reply(554, "5.7.1", "Rejected")
 NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")  # RFC 4954 6
+# Octets after STARTTLS and before the handshake (CVE-2011-0411, CVE-2024-34083 class):
+# they were sent in clear text, so they are never executed; the connection is closed.
+STARTTLS_INJECTION = Reply(
+    554, "5.7.0", "Commands after STARTTLS and before the TLS handshake are not allowed"
+)

@@ -13,6 +13,10 @@ Contested cases, decided here:
   transaction sends RSET (RFC 5321 4.1.4 "MAIL ... MUST NOT be sent in a transaction").
 * HELO/EHLO/LHLO in any state ends the transaction and starts afresh (RFC 5321 4.1.4).
 * BDAT and DATA do not mix within one transaction (RFC 3030 3: 503).
+* STARTTLS only outside a transaction, after HELO/EHLO/LHLO (Postfix and chasquid do
+  the same). After its 220 the session waits in TLS_HANDSHAKE, reading nothing; the
+  handshake (``ServerConnection.tls_started``) brings it back to CONNECTED with
+  everything forgotten, so the client must EHLO again (RFC 3207 4.2).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class State(Enum):
     RCPT = auto()  # at least one RCPT accepted
     DATA = auto()  # reading dot-stuffed text
     CHUNKING = auto()  # a BDAT transaction: between or inside chunks
+    TLS_HANDSHAKE = auto()  # STARTTLS answered 220: no command is read until the handshake
     CLOSED = auto()
 
 
@@ -47,6 +52,7 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (State.RCPT, "DATA"): State.DATA,
     (State.RCPT, "BDAT"): State.CHUNKING,
     (State.CHUNKING, "BDAT"): State.CHUNKING,
+    (State.GREETED, "STARTTLS"): State.TLS_HANDSHAKE,
 }
 
 

@@ -34,6 +34,7 @@ from ._events import (
     Quit,
     RcptTo,
     Reset,
+    StartTLS,
     Unknown,
 )
 from ._replies import Reply
@@ -67,6 +68,7 @@ class CoreSettings:
     helo_required: bool = True  # James heloEhloEnforcement
     brackets_required: bool = True  # James addressBracketsEnforcement
     disabled_keywords: frozenset[str] = frozenset()  # EHLO keywords not announced
+    starttls: bool = False  # offer STARTTLS (James tls@startTLS), until TLS is active
 
 
 class _Reader(Enum):
@@ -82,12 +84,17 @@ class ServerConnection:
 
     Args:
         settings: the listener's limits and names.
+        tls: the connection is already encrypted (implicit TLS, RFC 8314).
     """
 
-    def __init__(self, settings: CoreSettings) -> None:
+    def __init__(self, settings: CoreSettings, *, tls: bool = False) -> None:
         self.settings = settings
         self.state = State.CONNECTED
-        #: EHLO keywords the application adds (STARTTLS, AUTH ...), in order
+        #: the connection is encrypted (implicit TLS, or after STARTTLS's handshake)
+        self.tls = tls
+        #: set by the application once AUTH succeeded; STARTTLS is refused then
+        self.authenticated = False
+        #: EHLO keywords the application adds (AUTH ...), in order
         self.extra_keywords: list[str] = []
         self._buf = bytearray()
         self._out: list[bytes] = []
@@ -127,6 +134,8 @@ class ServerConnection:
         s = self.settings
         size = f"SIZE {s.max_message_size}" if s.max_message_size else "SIZE"
         base = ["PIPELINING", size, "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"]
+        if s.starttls and not self.tls:
+            base.append("STARTTLS")  # never after the handshake (RFC 3207 4.2)
         base += self.extra_keywords
         return [k for k in base if k.split(" ", 1)[0].upper() not in s.disabled_keywords]
 
@@ -169,6 +178,10 @@ class ServerConnection:
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` means the client closed its side."""
         if self.closed:
+            return
+        if data and self.state is State.TLS_HANDSHAKE:
+            # Sent in clear text after STARTTLS's 220: never executed (CVE-2011-0411).
+            self._close(R.STARTTLS_INJECTION)
             return
         if data:
             self._buf += data
@@ -308,6 +321,8 @@ class ServerConnection:
             raise CommandRefused(R.DATA_AFTER_BDAT)
         if verb in ("DATA", "BDAT"):
             raise CommandRefused(R.NEED_RCPT if state is State.MAIL else R.NEED_MAIL)
+        if verb == "STARTTLS":
+            raise CommandRefused(R.STARTTLS_IN_TRANSACTION)
         raise CommandRefused(R.BAD_SEQUENCE)
 
     def _hello(self, verb: str, arg: str) -> Event | None:
@@ -442,6 +457,41 @@ class ServerConnection:
         self._reply(R.VRFY_CANNOT)  # RFC 5321 3.5.3: no user lookup, no address harvesting
         return None
 
+    def _starttls(self, verb: str, arg: str) -> Event | None:
+        s = self.settings
+        if not s.starttls or "STARTTLS" in s.disabled_keywords:
+            raise CommandRefused(R.NOT_IMPLEMENTED)
+        if arg:
+            raise CommandRefused(R.NO_ARGUMENTS)  # RFC 3207 4: 501, no parameters
+        if self.tls:
+            raise CommandRefused(R.TLS_ALREADY_ACTIVE)  # RFC 3207 4.2: not offered again
+        self._sequence(verb)
+        if self.authenticated:
+            # A TLS layer under an authenticated session would let a man in the middle
+            # hand over a session he authenticated in clear (RFC 3207 4.2 resets it).
+            raise CommandRefused(R.STARTTLS_AFTER_AUTH)
+        self._pending_verb = verb
+        return StartTLS()
+
+    def tls_started(self) -> None:
+        """The adapter finished the TLS handshake after STARTTLS's 220.
+
+        Everything learnt in clear text is forgotten (RFC 3207 4.2): the state is
+        CONNECTED again, so the client must send EHLO/LHLO first, and STARTTLS is no
+        longer offered.
+
+        Raises:
+            LocalProtocolError: no STARTTLS was accepted.
+        """
+        if self.state is not State.TLS_HANDSHAKE:
+            raise LocalProtocolError(f"tls_started() in state {self.state.name}")
+        self.tls = True
+        self.authenticated = False
+        self._reset_transaction()
+        self._pending_verb = ""
+        self._reader = _Reader.COMMAND
+        self.state = State.CONNECTED
+
     def _expn(self, verb: str, arg: str) -> Event | None:
         self._reply(R.NOT_IMPLEMENTED)
         return None
@@ -488,6 +538,18 @@ class ServerConnection:
             return
         if isinstance(event, DataRequested):
             self._answer_data(event, reply)
+            return
+        if isinstance(event, StartTLS):
+            if reply.code != 220:
+                self._reply(reply)
+                return
+            self.state = self._sequence(verb)
+            self._reply(reply)
+            if self._buf:
+                # Pipelined after STARTTLS: in clear text, so never executed (RFC 3207 4,
+                # CVE-2011-0411). The 220 goes out all the same, so that the outcome does
+                # not depend on how the octets were cut into reads.
+                self._close(R.STARTTLS_INJECTION)
             return
         if not reply.positive:
             self._reply(reply)
@@ -625,5 +687,6 @@ _COMMANDS = {
     "QUIT": ServerConnection._quit,
     "VRFY": ServerConnection._vrfy,
     "EXPN": ServerConnection._expn,
+    "STARTTLS": ServerConnection._starttls,
     "HELP": ServerConnection._help,
 }
