@@ -25,23 +25,32 @@ class RcptFacts:
         local_part: lower-cased local part ("postmaster" for a bare <postmaster>).
         domain: canonical domain (A-label), "" for a bare <postmaster>, None when the
             domain has no canonical form (invalid IDNA, IP literal, trailing dot).
-        domain_is_local: the domain is one of the local domains.
-        user_exists: ``local_part@domain`` is a known user.
+        domain_is_local: the domain is one of the local domains (or a domain alias).
+        user_exists: ``local_part@domain`` is a known user, or the rewrite table maps
+            it to at least one address that can take mail (a user, a role account, a
+            remote address).
+        literal: the domain is an address literal (``[192.0.2.1]``).
+        loop: the rewrite table's mappings for it loop (or go deeper than the limit).
     """
 
     local_part: str
     domain: str | None
     domain_is_local: bool
     user_exists: bool
+    literal: bool = False
+    loop: bool = False
 
 
 def rcpt_reply(f: RcptFacts) -> Reply | None:
-    """None = no objection. Kittiwake is never an open relay: without AUTH (a later
-    issue) every recipient outside the local domains is refused."""
+    """None = no objection, for a recipient in a local domain (or a bare postmaster).
+    Recipients elsewhere are refused here: whether they may be relayed is
+    :func:`kittiwake.policy.relay.recipient_reply`'s decision, which comes first."""
     if f.domain == "":
         return None if f.local_part == "postmaster" else R.BAD_RECIPIENT_SYNTAX
     if f.domain is None or not f.domain_is_local:
         return R.RELAY_DENIED
+    if f.loop:
+        return R.ROUTING_LOOP
     if f.local_part in ROLE_ACCOUNTS or f.user_exists:
         return None
     return R.NO_SUCH_USER

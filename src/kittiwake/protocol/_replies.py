@@ -131,3 +131,26 @@ AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")  # RFC 4954 6
 STARTTLS_INJECTION = Reply(
     554, "5.7.0", "Commands after STARTTLS and before the TLS handshake are not allowed"
 )
+LITERAL_NOT_RELAYED = Reply(550, "5.7.1", "Relaying to address literals denied")
+ROUTING_LOOP = Reply(550, "5.4.6", "Routing loop detected for this address")  # RFC 3463
+NOT_YOUR_ADDRESS = Reply(550, "5.7.1", "Sender address not owned by the authenticated user")
+MISSING_FROM = Reply(550, "5.7.1", "Message has no From header, or no address in it")
+
+# -- AUTH (RFC 4954 sections 4 and 6) ------------------------------------------------------
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
+AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode the response as base64")
+AUTH_BAD_RESPONSE = Reply(501, "5.5.2", "Malformed authentication response")
+AUTH_ALREADY = Reply(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type")
+AUTH_TOO_WEAK = Reply(534, "5.7.9", "Authentication mechanism is too weak")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_ENCRYPTION_REQUIRED = Reply(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
+AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
+AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed authentications from your address, try later")
+AUTH_TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many failed authentication attempts")
