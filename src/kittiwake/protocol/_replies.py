@@ -60,6 +60,8 @@ SENDER_OK = Reply(250, "2.1.0", "Sender ok")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient ok")
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 BYE = Reply(221, "2.0.0", "Bye")
+#: LMTP, after the final dot: one per recipient, named first (RFC 2033 4.2)
+DELIVERED = Reply(250, "2.0.0", "Ok: delivered")
 READY_TLS = Reply(220, "2.0.0", "Ready to start TLS")  # RFC 3207 4
 VRFY_CANNOT = Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
 HELP = Reply(
@@ -79,6 +81,8 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 DENYSOFT = Reply(451, "4.7.1", "Temporary problem, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox or disk full, try again later")  # LMTP, per rcpt
+MAILBOX_UNAVAILABLE = Reply(451, "4.3.0", "Mailbox temporarily unavailable, try again later")
 TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available due to temporary reason")
 
 # -- Permanent failures: syntax and sequence ---------------------------------------------
@@ -120,6 +124,7 @@ STARTTLS_AFTER_AUTH = Reply(503, "5.5.1", "STARTTLS not allowed after AUTH")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL or RCPT parameter")
 UTF8_NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+MAILBOX_OVER_QUOTA = Reply(552, "5.2.2", "Mailbox full: over its size limit")  # LMTP, per rcpt
 
 # -- Permanent failures: policy (default texts; hooks may give their own) ----------------
 DENY = Reply(554, "5.7.1", "Rejected")

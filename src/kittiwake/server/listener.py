@@ -21,6 +21,7 @@ from kittiwake.hooks.api import SessionInfo
 from kittiwake.protocol import CoreSettings, Mode, ServerConnection, State
 from kittiwake.protocol import replies as R
 
+from .lmtp import UNIX_CLIENT
 from .session import Session, SessionContext
 
 __all__ = ["Connection", "Listener"]
@@ -51,6 +52,8 @@ class Listener:
             disabled_keywords=config.disabled_features,
         )
         self.connections: set[Connection] = set()
+        #: makes this listener's sessions (the runtime sets LMTP's, ``lmtp.py``)
+        self.session_factory: Callable[[SessionContext, SessionInfo], Session] = Session
         self._per_ip: Counter[str] = Counter()
         self.shutting_down = False
 
@@ -104,8 +107,13 @@ class Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername") or ("", 0)
-        self._ip, port = str(peer[0]), int(peer[1])
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self._ip, port = str(peer[0]), int(peer[1])
+        elif isinstance(peer, str):  # a Unix-domain socket: an MTA on this host
+            self._ip, port = UNIX_CLIENT, 0
+        else:  # reset before we got here
+            self._ip, port = "", 0
         refusal = self.listener.admit(self._ip)
         if refusal is not None:
             log.warning("refused connection from [%s]: limit reached", self._ip)
@@ -122,7 +130,7 @@ class Connection(asyncio.Protocol):
             client_port=port,
             session_id=f"{os.getpid():x}.{next(_session_ids):x}",
         )
-        self.session = Session(self.listener.ctx, info)
+        self.session = self.listener.session_factory(self.listener.ctx, info)
         transport.write(self.core.greeting())
         self._task = asyncio.get_running_loop().create_task(self._run())
 

@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 from kittiwake.config.model import Config, ListenerConfig, Protocol
+from kittiwake.delivery.direct import DirectDelivery
 from kittiwake.delivery.journal import Journal
 from kittiwake.delivery.maildir import MaildirDeliverer
 from kittiwake.queue.runner import SpoolRunner
@@ -16,6 +17,7 @@ from kittiwake.queue.spool import Spool
 from kittiwake.storage.sqlite import SqliteStore
 
 from .listener import Listener
+from .lmtp import bind_unix_socket, lmtp_session_factory, remove_unix_socket
 from .recipients import LocalResolver
 from .session import SessionContext
 
@@ -49,6 +51,8 @@ class Server:
         self.listeners: list[Listener] = []
         self._servers: list[asyncio.base_events.Server] = []
         self._stop = asyncio.Event()
+        self._direct: DirectDelivery | None = None  # LMTP's delivery, when it listens
+        self._unix_sockets: list[tuple[str, int]] = []  # (path, inode) to remove at stop
 
     async def start(self) -> None:
         """Recover the spool, start delivery, bind every listener.
@@ -63,6 +67,8 @@ class Server:
                 continue
             listener = Listener(cfg, self._context(cfg))
             self.listeners.append(listener)
+            if cfg.protocol is Protocol.LMTP:
+                await self._start_lmtp(listener)
             for bind in cfg.binds:
                 family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
                 try:
@@ -80,6 +86,29 @@ class Server:
                     ) from exc
                 self._servers.append(server)
                 log.info("listener %s (%s) on %s", cfg.name, cfg.protocol.value, bind)
+
+    async def _start_lmtp(self, listener: Listener) -> None:
+        """LMTP sessions deliver straight into the mailboxes (``lmtp.py``), through
+        the spool runner's Maildir deliverer and journal; bind the Unix sockets."""
+        if self._direct is None:
+            spool = self.spool
+
+            def reserve() -> tuple[str, str]:
+                writer = spool.begin()  # a queue ID and a data file path; no file yet
+                return writer.queue_id, writer.path
+
+            self._direct = DirectDelivery(self.runner.deliverer, reserve)
+        resolver = LocalResolver(self.store, self.store, self.config.server.postmaster)
+        listener.session_factory = lmtp_session_factory(self._direct, resolver.resolve)
+        cfg = listener.config
+        for path in cfg.unix_sockets:
+            sock, inode = bind_unix_socket(cfg, path)
+            self._unix_sockets.append((path, inode))
+            server = await asyncio.get_running_loop().create_unix_server(
+                listener.factory, sock=sock, backlog=cfg.connection_backlog
+            )
+            self._servers.append(server)
+            log.info("listener %s (%s) on unix:%s", cfg.name, cfg.protocol.value, path)
 
     def _context(self, cfg: ListenerConfig) -> SessionContext:
         return SessionContext(
@@ -112,6 +141,10 @@ class Server:
                     listener.abort_all()
                 break
             await asyncio.sleep(0.05)
+        for path, inode in self._unix_sockets:
+            remove_unix_socket(path, inode)
+        if self._direct is not None:
+            await asyncio.to_thread(self._direct.close)  # deliveries under way finish
         await self.runner.stop()  # closes the spool it opened
         self.journal.close()
         self.store.close()
