@@ -19,13 +19,14 @@ from kittiwake.storage import (
     DomainStore,
     InvalidName,
     MemoryStore,
+    RewriteStore,
     SchemaVersionError,
     SqliteStore,
     UserStore,
 )
 
 
-class Store(DomainStore, UserStore):  # what both implementations are
+class Store(DomainStore, UserStore, RewriteStore):  # what both implementations are
     pass
 
 
@@ -266,3 +267,55 @@ def test_sqlite_lookup_cost(tmp_path: Path) -> None:
     assert per_call < 200e-6, f"{per_call * 1e6:.1f} µs per lookup"
     if os.environ.get("KW_SHOW_TIMINGS"):
         print(f"contains_user: {per_call * 1e6:.1f} µs")
+
+
+# -- the rewrite table (aliases, issue 5) ---------------------------------------
+
+
+def test_mappings_add_remove_list(store: Store) -> None:
+    from kittiwake.policy.rewrite import MappingKind, expand, normalize_mapping
+
+    sales = normalize_mapping(MappingKind.ADDRESS, "Sales@A.test", "alice@a.test")
+    alias = normalize_mapping(MappingKind.DOMAIN, "@alias.test", "@a.test")
+    assert not store.rewrite_table()
+    assert store.add_mapping(sales) is True
+    assert store.add_mapping(sales) is False
+    assert store.add_mapping(alias) is True
+    assert store.list_mappings() == [alias, sales]
+    table = store.rewrite_table()
+    assert store.rewrite_table() is table  # one snapshot until something changes
+    assert expand("sales@alias.test", table).addresses == ("alice@a.test",)
+    assert store.remove_mapping(sales) is True
+    assert store.remove_mapping(sales) is False
+    assert store.list_mappings() == [alias]
+    assert store.rewrite_table() is not table
+
+
+def test_sqlite_mappings_seen_by_another_connection(tmp_path: Path) -> None:
+    from kittiwake.policy.rewrite import MappingKind, normalize_mapping
+
+    reader = SqliteStore(tmp_path / "kittiwake.db")
+    assert not reader.rewrite_table()
+    with SqliteStore(tmp_path / "kittiwake.db") as writer:
+        writer.add_mapping(normalize_mapping(MappingKind.FORWARD, "a@a.test", "b@b.test"))
+    assert reader.rewrite_table().has_mapping("a@a.test")
+    reader.close()
+
+
+def test_sqlite_schema_1_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "kittiwake.db"
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE domains (name TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID")
+    raw.execute(
+        "CREATE TABLE users (name TEXT PRIMARY KEY NOT NULL, password_hash TEXT) WITHOUT ROWID"
+    )
+    raw.execute("INSERT INTO users VALUES ('alice@a.test', 'h')")
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with SqliteStore(path) as store:
+        assert store.get_password_hash("alice@a.test") == "h"
+        assert store.list_mappings() == []
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    raw.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["DomainStore", "UserStore"]
+from kittiwake.policy.rewrite import Mapping, RewriteTable
+
+__all__ = ["DomainStore", "RewriteStore", "UserStore"]
 
 
 class DomainStore(Protocol):
@@ -39,3 +41,22 @@ class UserStore(Protocol):
     def set_password_hash(self, username: str, password_hash: str) -> bool: ...
 
     def get_password_hash(self, username: str) -> str | None: ...
+
+
+class RewriteStore(Protocol):
+    """The recipient rewrite table (aliases): rows of :class:`Mapping`, stored in their
+    canonical form (:func:`kittiwake.policy.rewrite.normalize_mapping`)."""
+
+    def add_mapping(self, mapping: Mapping) -> bool:
+        """Add a row; returns False if it was already there."""
+        ...
+
+    def remove_mapping(self, mapping: Mapping) -> bool:
+        """Remove a row; returns False if it was not there."""
+        ...
+
+    def list_mappings(self) -> list[Mapping]: ...
+
+    def rewrite_table(self) -> RewriteTable:
+        """A snapshot of every row, the same object until the table changes."""
+        ...

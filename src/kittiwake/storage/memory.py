@@ -5,6 +5,7 @@ everything", like chasquid's ``TestCourier``). Same rules and canonical forms as
 
 from __future__ import annotations
 
+from kittiwake.policy.rewrite import EMPTY_TABLE, Mapping, RewriteTable
 from kittiwake.storage._names import domain_key, user_key
 
 __all__ = ["MemoryStore"]
@@ -17,6 +18,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._domains: set[str] = set()
         self._users: dict[str, str | None] = {}
+        self._mappings: set[Mapping] = set()
+        self._table = EMPTY_TABLE
 
     # -- domains ---------------------------------------------------------------
 
@@ -119,6 +122,31 @@ class MemoryStore:
             return self._users.get(user_key(username))
         except ValueError:
             return None
+
+    # -- rewrite table ---------------------------------------------------------
+
+    def add_mapping(self, mapping: Mapping) -> bool:
+        """Add a mapping (already normalized); returns False if it was there."""
+        if mapping in self._mappings:
+            return False
+        self._mappings.add(mapping)
+        self._table = RewriteTable(self._mappings)
+        return True
+
+    def remove_mapping(self, mapping: Mapping) -> bool:
+        """Remove a mapping; returns False if it was not there."""
+        if mapping not in self._mappings:
+            return False
+        self._mappings.discard(mapping)
+        self._table = RewriteTable(self._mappings)
+        return True
+
+    def list_mappings(self) -> list[Mapping]:
+        """Every mapping, sorted by source, kind, target."""
+        return list(self._table.mappings)
+
+    def rewrite_table(self) -> RewriteTable:
+        return self._table
 
 
 _MISSING = object()

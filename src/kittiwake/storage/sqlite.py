@@ -1,4 +1,5 @@
-"""Domains and users in one SQLite file (``DATA/kittiwake.db``): the embedded default.
+"""Domains, users and the rewrite table in one SQLite file (``DATA/kittiwake.db``): the
+embedded default.
 
 Theory of operation
 -------------------
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from kittiwake.policy.rewrite import EMPTY_TABLE, Mapping, MappingKind, RewriteTable
 from kittiwake.storage._names import domain_key, user_key
 
 __all__ = ["SCHEMA_VERSION", "SchemaVersionError", "SqliteStore"]
@@ -41,6 +43,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "CREATE TABLE domains (name TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID",
         "CREATE TABLE users (name TEXT PRIMARY KEY NOT NULL, password_hash TEXT) WITHOUT ROWID",
+    ),
+    (
+        # The recipient rewrite table (issue 5): kind is a MappingKind value.
+        "CREATE TABLE rewrites (kind TEXT NOT NULL, source TEXT NOT NULL,"
+        " target TEXT NOT NULL, PRIMARY KEY (source, kind, target)) WITHOUT ROWID",
     ),
 )
 #: the schema version this code writes
@@ -89,6 +96,7 @@ class SqliteStore:
         self._version: int | None = None
         self._domains: frozenset[str] = frozenset()
         self._users: dict[str, str | None] = {}
+        self._table = EMPTY_TABLE
         try:
             self._setup()
         except BaseException:
@@ -157,9 +165,12 @@ class SqliteStore:
         try:
             domains = frozenset(row[0] for row in cur.execute("SELECT name FROM domains"))
             users = dict(cur.execute("SELECT name, password_hash FROM users").fetchall())
+            rows = cur.execute("SELECT kind, source, target FROM rewrites").fetchall()
         finally:
             cur.execute("COMMIT")
+        table = RewriteTable(Mapping(MappingKind(k), src, dst) for k, src, dst in rows)
         self._domains, self._users, self._version = domains, users, version
+        self._table = table if table.mappings != self._table.mappings else self._table
 
     def _changed(self) -> None:
         # Our own commits do not move data_version on this connection: force a reload.
@@ -281,3 +292,37 @@ class SqliteStore:
         with self._lock:
             self._refresh()
             return self._users.get(key)
+
+    # -- rewrite table ---------------------------------------------------------
+
+    def add_mapping(self, mapping: Mapping) -> bool:
+        """Add a mapping (already normalized); returns False if it was there.
+
+        Raises:
+            sqlite3.Error: the database could not be written.
+        """
+        return self._write(
+            "INSERT OR IGNORE INTO rewrites (kind, source, target) VALUES (?, ?, ?)",
+            (mapping.kind.value, mapping.source, mapping.target),
+        )
+
+    def remove_mapping(self, mapping: Mapping) -> bool:
+        """Remove a mapping; returns False if it was not there.
+
+        Raises:
+            sqlite3.Error: the database could not be written.
+        """
+        return self._write(
+            "DELETE FROM rewrites WHERE kind = ? AND source = ? AND target = ?",
+            (mapping.kind.value, mapping.source, mapping.target),
+        )
+
+    def list_mappings(self) -> list[Mapping]:
+        """Every mapping, sorted by source, kind, target."""
+        return list(self.rewrite_table().mappings)
+
+    def rewrite_table(self) -> RewriteTable:
+        """The rows as one immutable snapshot; rebuilt only when they change."""
+        with self._lock:
+            self._refresh()
+            return self._table
