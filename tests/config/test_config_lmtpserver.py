@@ -71,8 +71,8 @@ def test_james_sample_enabled(load_files: LoadFiles) -> None:
     assert listener.hello_name == FQDN
     # the core loader is exactly what kittiwake does: named, not refused
     assert any("core handlers only" in item for item in config.unimplemented)
-    # the SMTP listener (embedded default) is still there
-    assert [x.protocol for x in config.listeners] == [Protocol.SMTP, Protocol.LMTP]
+    # the SMTP listeners (embedded default) are still there
+    assert [x.protocol for x in config.listeners] == [Protocol.SMTP] * 3 + [Protocol.LMTP]
 
 
 def test_defaults_without_elements(load_files: LoadFiles) -> None:

@@ -16,6 +16,7 @@ from kittiwake.config import (
     HostLookup,
     ListenerConfig,
     ServerOptions,
+    TlsConfig,
     format_report,
     load_config,
 )
@@ -32,9 +33,26 @@ def load_error(load_files: LoadFiles, files: dict[str, str]) -> ConfigError:
 
 
 def test_embedded_default(host: HostLookup) -> None:
+    """James's sample deployment (25 / 587 / 465) on loopback and unprivileged ports."""
     config = load_config(None, host=host)
     assert config == Config(
-        listeners=(ListenerConfig(name="smtp", binds=(Bind("127.0.0.1", 2525),), hello_name=FQDN),),
+        listeners=(
+            ListenerConfig(name="smtp", binds=(Bind("127.0.0.1", 2525),), hello_name=FQDN),
+            ListenerConfig(
+                name="submission",
+                binds=(Bind("127.0.0.1", 2587),),
+                hello_name=FQDN,
+                tls=TlsConfig(starttls=True, self_signed=True),
+                auth_required=True,
+            ),
+            ListenerConfig(
+                name="submissions",
+                binds=(Bind("127.0.0.1", 2465),),
+                hello_name=FQDN,
+                tls=TlsConfig(starttls=False, self_signed=True),
+                auth_required=True,
+            ),
+        ),
         domains=DomainListConfig(domain_names=("localhost",), default_domain="localhost"),
         server=ServerOptions(postmaster="postmaster@localhost"),
         source=None,
@@ -43,7 +61,7 @@ def test_embedded_default(host: HostLookup) -> None:
 
 
 def test_embedded_default_with_the_real_host() -> None:
-    (listener,) = load_config(None).listeners
+    listener, *_ = load_config(None).listeners
     assert listener.hello_name  # socket.getfqdn(), or "localhost"
     assert " " not in listener.hello_name
 
@@ -192,6 +210,23 @@ def test_report_of_the_embedded_default(host: HostLookup) -> None:
         "    connectiontimeout: 300 s; data timeout: 600 s; connectionBacklog: 200\n"
         "    connectionLimit: unlimited; connectionLimitPerIP: unlimited\n"
         "    heloEhloEnforcement: true; addressBracketsEnforcement: true; disabledFeatures: none\n"
+        "    tls: off; auth.required: false\n"
+        "  submission (SMTP): 127.0.0.1:2587\n"
+        f"    helloName: {FQDN}; smtpGreeting: (generated)\n"
+        "    maxmessagesize: 25 MiB; maxLineLength: 8192 bytes; recipients per message: 100\n"
+        "    connectiontimeout: 300 s; data timeout: 600 s; connectionBacklog: 200\n"
+        "    connectionLimit: unlimited; connectionLimitPerIP: unlimited\n"
+        "    heloEhloEnforcement: true; addressBracketsEnforcement: true; disabledFeatures: none\n"
+        "    tls: STARTTLS (startTLS), self-signed certificate under DATA/tls/; "
+        "auth.required: true\n"
+        "  submissions (SMTP): 127.0.0.1:2465\n"
+        f"    helloName: {FQDN}; smtpGreeting: (generated)\n"
+        "    maxmessagesize: 25 MiB; maxLineLength: 8192 bytes; recipients per message: 100\n"
+        "    connectiontimeout: 300 s; data timeout: 600 s; connectionBacklog: 200\n"
+        "    connectionLimit: unlimited; connectionLimitPerIP: unlimited\n"
+        "    heloEhloEnforcement: true; addressBracketsEnforcement: true; disabledFeatures: none\n"
+        "    tls: implicit TLS (socketTLS), self-signed certificate under DATA/tls/; "
+        "auth.required: true\n"
         "local domains: localhost\n"
         "default domain: localhost\n"
         "postmaster: postmaster@localhost"
@@ -221,10 +256,11 @@ def test_report_of_a_directory(load_files: LoadFiles) -> None:
     assert report[4].startswith("    maxmessagesize: no limit;")
     assert report[6] == "    connectionLimit: 50; connectionLimitPerIP: unlimited"
     assert report[7].endswith("disabledFeatures: DSN, PIPELINING")
-    assert report[8] == "  sub (SMTP): 127.0.0.1:587"
-    assert report[9] == f"    helloName: {FQDN}; smtpGreeting: hi"
-    assert report[10].startswith("    maxmessagesize: 1500 bytes;")
-    assert report[14:] == [
+    assert report[8] == "    tls: off; auth.required: false"
+    assert report[9] == "  sub (SMTP): 127.0.0.1:587"
+    assert report[10] == f"    helloName: {FQDN}; smtpGreeting: hi"
+    assert report[11].startswith("    maxmessagesize: 1500 bytes;")
+    assert report[16:] == [
         "local domains: example.com",
         "default domain: example.com",
         "postmaster: postmaster@example.com",

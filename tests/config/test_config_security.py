@@ -19,15 +19,17 @@ VALIDRCPT = "org.apache.james.smtpserver.fastfail.ValidRcptHandler"
 @pytest.mark.parametrize(
     ("body", "element", "reason"),
     [
-        ('<tls socketTLS="true"/>', "<tls>", 'TLS is not implemented yet (socketTLS="true")'),
-        ('<tls startTLS="True"/>', "<tls>", 'TLS is not implemented yet (startTLS="true")'),
         ("<auth><announce>always</announce></auth>", "<auth>/<announce>", "AUTH is not"),
         (
             "<auth><announce>forUnauthorizedAddresses</announce></auth>",
             "<auth>/<announce>",
             "AUTH is not implemented yet (forUnauthorizedAddresses); set it to never",
         ),
-        ("<auth><required>true</required></auth>", "<auth>/<required>", "AUTH is not"),
+        (
+            "<auth><announce>always</announce><required>true</required></auth>",
+            "<auth>/<announce>",
+            "AUTH is not implemented yet (always)",
+        ),
         (
             "<auth><announce>never</announce><oidc><claim>email</claim></oidc></auth>",
             "<auth>/<oidc>",
@@ -75,8 +77,8 @@ VALIDRCPT = "org.apache.james.smtpserver.fastfail.ValidRcptHandler"
             "<handlerchain>/@jmxHandlersPackage",
             "custom JMX handlers",
         ),
-        ("<useTLS>true</useTLS>", "<useTLS>", "TLS is not implemented yet"),
-        ("<serverSocketType>ssl</serverSocketType>", "<serverSocketType>", "TLS is not"),
+        ("<useTLS>true</useTLS>", "<useTLS>", "James 2.x TLS settings are not read; use"),
+        ("<serverSocketType>ssl</serverSocketType>", "<serverSocketType>", "James 2.x TLS"),
     ],
 )
 def test_refused(smtp_error: LoadError, body: str, element: str, reason: str) -> None:
@@ -143,6 +145,22 @@ def test_harmless_values_are_named(load_smtp: Load, body: str, named: str) -> No
     config = load_smtp(body)
     assert len(config.listeners) == 1
     assert config.unimplemented[-1].startswith(f"smtpserver.xml: {LISTENER}/{named}")
+
+
+@pytest.mark.parametrize(
+    ("body", "required"),
+    [
+        ("<auth><required>true</required></auth>", True),
+        ("<auth><announce>never</announce><required>TRUE</required></auth>", True),
+        ("<auth><required>false</required></auth>", False),
+        ("", False),
+    ],
+)
+def test_auth_required_is_honoured(load_smtp: Load, body: str, required: bool) -> None:
+    """James's auth.required: MAIL refused unless authenticated. With no AUTH yet that
+    refuses every MAIL, which asks nothing kittiwake cannot do (issue 4)."""
+    (listener,) = load_smtp(body).listeners
+    assert listener.auth_required is required
 
 
 def test_authrequired_true_is_refused_even_when_announce_says_never(

@@ -204,8 +204,7 @@ def test_disabled_listener_is_dropped_but_validated(load_smtp: Load, smtp_error:
     # Security options of a listener that never runs are named, not fatal.
     assert config.unimplemented == (
         'smtpserver.xml: <smtpserver name="off"> (enabled="false": not started)',
-        'smtpserver.xml: <smtpserver name="off">/<tls> (TLS is not implemented yet '
-        '(socketTLS="true"); the listener is disabled)',
+        'smtpserver.xml: <smtpserver name="off">/<tls> (not read: the listener is disabled)',
         'smtpserver.xml: <smtpserver name="off">/<authorizedAddresses> (relaying for trusted '
         "networks is not implemented yet (kittiwake relays for no one); the listener is "
         "disabled)",

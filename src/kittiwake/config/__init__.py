@@ -8,6 +8,7 @@ from kittiwake.config.model import (
     ListenerConfig,
     Protocol,
     ServerOptions,
+    TlsConfig,
 )
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ListenerConfig",
     "Protocol",
     "ServerOptions",
+    "TlsConfig",
     "format_report",
     "load_config",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kittiwake.config.model import KIB, MIB, Config, ListenerConfig, Protocol
+from kittiwake.config.model import KIB, MIB, Config, ListenerConfig, Protocol, TlsConfig
 
 __all__ = ["NOT_IMPLEMENTED_PREFIX", "format_report"]
 
@@ -47,7 +47,22 @@ def _listener(listener: ListenerConfig) -> list[str]:
         f"    heloEhloEnforcement: {str(listener.helo_ehlo_enforcement).lower()}; "
         f"addressBracketsEnforcement: {str(listener.address_brackets_enforcement).lower()}; "
         f"disabledFeatures: {features}",
+        f"    tls: {_tls(listener.tls)}; auth.required: {str(listener.auth_required).lower()}",
     ]
+
+
+def _tls(tls: TlsConfig | None) -> str:
+    if tls is None:
+        return "off"
+    mode = "STARTTLS (startTLS)" if tls.starttls else "implicit TLS (socketTLS)"
+    if tls.self_signed:
+        source = "self-signed certificate under DATA/tls/"
+    elif tls.keystore:
+        source = f"keystore {tls.keystore}"
+    else:
+        source = f"privateKey {tls.private_key}, certificates {tls.certificates}"
+    clients = "; client certificates required" if tls.client_auth else ""
+    return f"{mode}, {source}{clients}"
 
 
 def format_report(config: Config) -> str:

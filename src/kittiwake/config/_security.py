@@ -34,6 +34,7 @@ __all__ = [
     "check_tls",
     "check_use_tls",
     "check_verify_identity",
+    "read_auth",
 ]
 
 _SMTP = "org.apache.james.smtpserver."
@@ -62,6 +63,7 @@ _HARMLESS_HANDLERS = _CORE_PACKAGES | frozenset(
 )
 _AUTH_CHILDREN = frozenset({"announce", "required", "requireSSL", "plainAuthEnabled"})
 _ANNOUNCE = ("never", "always", "forunauthorizedaddresses")
+_JAMES3_TLS = 'use James 3\'s <tls socketTLS="true"> or <tls startTLS="true"> with a certificate'
 
 #: Element names this module decides on (used to catch mis-cased spellings).
 SECURITY_ELEMENTS = frozenset(
@@ -132,7 +134,7 @@ def check_tls(gate: Gate, element: ET.Element, path: str) -> None:
 def check_use_tls(gate: Gate, element: ET.Element, path: str) -> None:
     """James 2.x ``<useTLS>``: implicit TLS on the port."""
     if _bool(gate, _text(gate, element, path), path):
-        gate.refuse(path, "TLS is not implemented yet; set it to false")
+        gate.refuse(path, f"James 2.x TLS settings are not read; {_JAMES3_TLS}")
     else:
         gate.harmless(path, "false: TLS is off")
 
@@ -143,17 +145,30 @@ def check_server_socket_type(gate: Gate, element: ET.Element, path: str) -> None
     if text is not None and text.lower() == "plain":
         gate.harmless(path, "plain sockets")
     elif text is not None:
-        gate.refuse(path, f"TLS is not implemented yet (socket type {text!r}); use plain")
+        gate.refuse(
+            path, f"James 2.x TLS settings are not read (socket type {text!r}); {_JAMES3_TLS}"
+        )
 
 
 def check_auth(gate: Gate, element: ET.Element, path: str) -> None:
+    """:func:`read_auth`, for callers that only check."""
+    read_auth(gate, element, path)
+
+
+def read_auth(gate: Gate, element: ET.Element, path: str) -> bool:
     """``<auth>`` with nested ``<announce>``, ``<required>``, ``<requireSSL>``,
     ``<plainAuthEnabled>`` (James reads them as ``auth.announce`` and so on).
 
-    Accepted only if AUTH is never announced and not required: kittiwake has no AUTH.
+    Accepted only if AUTH is never announced: kittiwake has no AUTH yet. ``required``
+    true is honoured as James's ``AuthRequiredHook`` is: MAIL is refused (530 5.7.0)
+    unless the client authenticated, which, until AUTH exists, no client can.
+
+    Returns:
+        ``<required>`` (James ``auth.required``).
     """
     note_attributes(element, path, gate.findings)
     refused = False
+    required = False
     for child in element:
         child_path = f"{path}/<{child.tag}>"
         if child.tag not in _AUTH_CHILDREN:
@@ -172,10 +187,10 @@ def check_auth(gate: Gate, element: ET.Element, path: str) -> None:
                 gate.refuse(child_path, f"AUTH is not implemented yet ({text}); set it to never")
                 refused = True
         elif _bool(gate, text, child_path) and child.tag == "required":
-            gate.refuse(child_path, "AUTH is not implemented yet; set it to false")
-            refused = True
-    if not refused:
+            required = True
+    if not refused and not required:
         gate.harmless(path, "AUTH is never announced nor required")
+    return required and not refused
 
 
 def check_dotted_auth(gate: Gate, element: ET.Element, path: str) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kittiwake.config import _security as security
 from kittiwake.config._errors import ConfigError, Findings, Invalid, Problem
+from kittiwake.config._tls import read_listener_tls
 from kittiwake.config._values import (
     HostLookup,
     parse_address,
@@ -39,6 +40,7 @@ from kittiwake.config.model import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Bind,
     ListenerConfig,
+    TlsConfig,
 )
 
 __all__ = ["FILE", "autodetected_hello_name", "read_smtpserver"]
@@ -103,7 +105,7 @@ def read_smtpserver(path: Path, host: HostLookup, findings: Findings) -> list[Li
         )
     listeners = []
     for index, element in enumerate(servers, start=1):
-        listener = _Listener(element, index, host, findings).read()
+        listener = _Listener(element, index, host, findings, path.parent).read()
         if listener.enabled:
             listeners.append(listener)
     return listeners
@@ -112,7 +114,17 @@ def read_smtpserver(path: Path, host: HostLookup, findings: Findings) -> list[Li
 class _Listener:
     """Reads one ``<smtpserver>``; every option lands in an attribute or in findings."""
 
-    def __init__(self, element: ET.Element, index: int, host: HostLookup, f: Findings) -> None:
+    def __init__(
+        self,
+        element: ET.Element,
+        index: int,
+        host: HostLookup,
+        f: Findings,
+        conf_dir: Path = Path("."),
+    ) -> None:
+        self.conf_dir = conf_dir  # relative <tls> paths are taken from here
+        self.tls: TlsConfig | None = None
+        self.auth_required = False
         self.element = element
         self.host = host
         self.findings = f
@@ -178,7 +190,13 @@ class _Listener:
                 self.findings.error(path, "given more than once (James would use only the first)")
                 continue
             self.seen.add(tag)
-            if tag in _SECURITY:
+            if tag == "tls":
+                self.tls = read_listener_tls(
+                    element, path, self.findings, self.conf_dir, self.enabled
+                )
+            elif tag == "auth":
+                self.auth_required = security.read_auth(gate, element, path)
+            elif tag in _SECURITY:
                 _SECURITY[tag](gate, element, path)
             elif tag.startswith("auth."):
                 security.check_dotted_auth(gate, element, path)
@@ -320,4 +338,6 @@ class _Listener:
             helo_ehlo_enforcement=self.helo_ehlo,
             address_brackets_enforcement=self.brackets,
             disabled_features=frozenset(self.disabled),
+            tls=self.tls,
+            auth_required=self.auth_required,
         )

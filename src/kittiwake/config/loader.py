@@ -3,7 +3,9 @@
 Files read:
 
 * ``smtpserver.xml``: the SMTP listeners (``_smtpserver.py``). Absent: the embedded
-  default listener.
+  default listeners.
+* ``kittiwake.xml``: kittiwake's own settings (``_kittiwake.py``): the user to run as,
+  Maildir ownership, the TLS handshake timeout. Absent: the defaults.
 * ``lmtpserver.xml``: the LMTP listeners (``_lmtpserver.py``). Absent: no LMTP.
 * ``domainlist.xml``: local domains and the default domain (``_domainlist.py``). Absent:
   ``localhost`` only.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kittiwake.config._domainlist import (
     DOMAINLIST,
@@ -28,6 +30,8 @@ from kittiwake.config._domainlist import (
     read_postmaster,
 )
 from kittiwake.config._errors import ConfigError, Findings, Problem
+from kittiwake.config._kittiwake import FILE as KITTIWAKE
+from kittiwake.config._kittiwake import read_kittiwake
 from kittiwake.config._lmtpserver import FILE as LMTPSERVER
 from kittiwake.config._lmtpserver import check_lmtp_listeners, read_lmtpserver
 from kittiwake.config._report import format_report
@@ -40,13 +44,20 @@ from kittiwake.config.model import (
     DomainListConfig,
     ListenerConfig,
     ServerOptions,
+    TlsConfig,
 )
 
 __all__ = ["ConfigError", "HostLookup", "Problem", "format_report", "load_config"]
 
-#: The embedded default listener: loopback only, an unprivileged port.
+#: The embedded default, shaped as James's sample deployment (25 / 587 / 465) on
+#: loopback and on ports a newcomer can bind without root: MX without AUTH; submission
+#: with STARTTLS and AUTH required; submission over implicit TLS (RFC 8314), AUTH required.
 DEFAULT_LISTENER_NAME = "smtp"
 DEFAULT_BIND = Bind("127.0.0.1", 2525)
+SUBMISSION_LISTENER_NAME = "submission"
+SUBMISSION_BIND = Bind("127.0.0.1", 2587)
+SUBMISSIONS_LISTENER_NAME = "submissions"
+SUBMISSIONS_BIND = Bind("127.0.0.1", 2465)
 _READ = (SMTPSERVER, LMTPSERVER, DOMAINLIST, MAILETCONTAINER)
 _T = TypeVar("_T")
 _OTHER_FILE_NOTES = {
@@ -57,10 +68,14 @@ _OTHER_FILE_NOTES = {
 def load_config(conf_dir: Path | None, *, host: HostLookup | None = None) -> Config:
     """Read the configuration directory, or return the embedded default.
 
-    The embedded default (``conf_dir`` None) is one SMTP listener named ``smtp`` on
-    127.0.0.1:2525 with ``helloName`` this machine's name (``localhost`` if it has none),
-    local domain ``localhost`` (also the default domain), postmaster
-    ``postmaster@localhost``, everything else at the model's defaults.
+    The embedded default (``conf_dir`` None) is three SMTP listeners with ``helloName``
+    this machine's name (``localhost`` if it has none): ``smtp`` on 127.0.0.1:2525 (the
+    MX: no AUTH, no TLS), ``submission`` on 127.0.0.1:2587 (STARTTLS, AUTH required) and
+    ``submissions`` on 127.0.0.1:2465 (implicit TLS, AUTH required), the last two with a
+    self-signed certificate generated under ``DATA/tls/`` on first start; no
+    ``authorizedAddresses`` (nobody relays without AUTH, loopback included); local
+    domain ``localhost`` (also the default domain), postmaster ``postmaster@localhost``,
+    everything else at the model's defaults.
 
     Args:
         conf_dir: the directory holding James's XML files, or None for the default.
@@ -98,6 +113,7 @@ def load_config(conf_dir: Path | None, *, host: HostLookup | None = None) -> Con
         lambda p, f: read_postmaster(p, domains.default_domain, f),
         f"postmaster@{domains.default_domain}",
     )
+    own: dict[str, Any] = files.read(KITTIWAKE, read_kittiwake, {})
     if (conf_dir / SMTPSERVER).is_file():
         files.problems.extend(_check_listeners(listeners))
     files.problems.extend(check_lmtp_listeners(lmtp, listeners))
@@ -108,7 +124,7 @@ def load_config(conf_dir: Path | None, *, host: HostLookup | None = None) -> Con
     return Config(
         listeners=tuple(listeners),
         domains=domains,
-        server=ServerOptions(postmaster=postmaster),
+        server=ServerOptions(postmaster=postmaster, **own),
         source=str(conf_dir),
         unimplemented=tuple(files.unimplemented),
     )
@@ -142,13 +158,24 @@ class _Files:
 
 
 def _embedded(host: HostLookup) -> Config:
-    listener = ListenerConfig(
-        name=DEFAULT_LISTENER_NAME,
-        binds=(DEFAULT_BIND,),
-        hello_name=autodetected_hello_name(host),
+    hello_name = autodetected_hello_name(host)
+    mx = ListenerConfig(name=DEFAULT_LISTENER_NAME, binds=(DEFAULT_BIND,), hello_name=hello_name)
+    submission = ListenerConfig(
+        name=SUBMISSION_LISTENER_NAME,
+        binds=(SUBMISSION_BIND,),
+        hello_name=hello_name,
+        tls=TlsConfig(starttls=True, self_signed=True),
+        auth_required=True,
+    )
+    submissions = ListenerConfig(
+        name=SUBMISSIONS_LISTENER_NAME,
+        binds=(SUBMISSIONS_BIND,),
+        hello_name=hello_name,
+        tls=TlsConfig(starttls=False, self_signed=True),
+        auth_required=True,
     )
     return Config(
-        listeners=(listener,),
+        listeners=(mx, submission, submissions),
         domains=DomainListConfig(domain_names=("localhost",), default_domain="localhost"),
         server=ServerOptions(postmaster="postmaster@localhost"),
     )
@@ -185,7 +212,7 @@ def _other_files(conf_dir: Path) -> list[str]:
     """James files in the directory that kittiwake does not read at all."""
     found = []
     for path in sorted(conf_dir.iterdir()):
-        if path.name in _READ or path.name.startswith(".") or not path.is_file():
+        if path.name in (*_READ, KITTIWAKE) or path.name.startswith(".") or not path.is_file():
             continue
         if path.suffix in (".xml", ".properties"):
             note = _OTHER_FILE_NOTES.get(path.name)

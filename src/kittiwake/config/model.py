@@ -16,6 +16,7 @@ __all__ = [
     "ListenerConfig",
     "Protocol",
     "ServerOptions",
+    "TlsConfig",
 ]
 
 KIB = 1024
@@ -47,6 +48,42 @@ class Bind:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """One listener's ``<tls>`` (James ``SslConfig``), when ``startTLS`` or ``socketTLS``
+    is true. Paths are resolved (``file://conf/x`` is ``<conf dir>/x``). The files are
+    read at start and at each certificate reload (``kittiwake.tls``), not here."""
+
+    #: ``@startTLS``: STARTTLS is offered (RFC 3207); else ``@socketTLS``: implicit TLS
+    #: from the first byte (RFC 8314). Exactly one of them is true.
+    starttls: bool = False
+    #: ``keystore``: a PKCS#12 file (JKS is refused with the keytool command to convert)
+    keystore: str | None = None
+    #: ``keystoreType``: James's default is JKS; PKCS12 is what kittiwake reads
+    keystore_type: str = "JKS"
+    #: ``privateKey`` + ``certificates``: PEM files, used when there is no keystore
+    private_key: str | None = None
+    certificates: str | None = None
+    #: ``secret``: the keystore's password, or the PEM private key's
+    secret: str | None = field(default=None, repr=False)
+    #: ``supportedProtocols/protocol``: e.g. ("TLSv1.2", "TLSv1.3"); () = TLS 1.2 and later
+    protocols: tuple[str, ...] = ()
+    #: ``supportedCipherSuites/cipherSuite``, as written (IANA names, mapped to OpenSSL's)
+    cipher_suites: tuple[str, ...] = ()
+    #: ``clientAuth`` present: every client must present a certificate the truststore trusts
+    client_auth: bool = False
+    truststore: str | None = None
+    truststore_type: str = "JKS"
+    truststore_secret: str | None = field(default=None, repr=False)
+    #: kittiwake's embedded default only: a self-signed pair under ``DATA/tls/`` for the
+    #: listener's helloName, generated on first start
+    self_signed: bool = False
+
+    @property
+    def implicit(self) -> bool:
+        return not self.starttls
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerConfig:
     """One ``<smtpserver>`` (or ``<lmtpserver>``) element: one listener."""
 
@@ -67,6 +104,11 @@ class ListenerConfig:
     hello_name: str = "localhost"
     #: text after "220 " in the greeting; None = "<helloName> ESMTP kittiwake ready"
     greeting: str | None = None
+    #: ``<tls>``: STARTTLS or implicit TLS, with the certificate; None = clear text only
+    tls: TlsConfig | None = None
+    #: ``<auth><required>``: MAIL is refused (530 5.7.0) unless the client authenticated;
+    #: with no AUTH yet that is every client (the submission listeners of the default)
+    auth_required: bool = False
     #: bytes; 0 = no limit (James ``maxmessagesize``, plain numbers are KiB)
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     #: recipients per transaction; beyond it 452 4.5.3 (RFC 5321 4.5.3.1.10)
@@ -103,6 +145,18 @@ class ServerOptions:
     spool_threads: int = 1
     #: seconds to let open transactions finish on SIGTERM
     shutdown_grace: float = 30.0
+    #: ``kittiwake.xml <user>``: started as root, kittiwake binds its ports and then runs
+    #: as this user (None: "kittiwake"); not root, it runs as whoever started it
+    user: str | None = None
+    #: ``kittiwake.xml <group>``: the group to run as; None = the user's login group
+    group: str | None = None
+    #: ``kittiwake.xml <maildir uid= gid= mode=>``: owner, group and file mode of what is
+    #: delivered into Maildirs (directories get the mode plus search bits); None = unchanged
+    maildir_uid: int | None = None
+    maildir_gid: int | None = None
+    maildir_mode: int | None = None
+    #: ``kittiwake.xml <tlsHandshakeTimeout>``: seconds a TLS handshake may take
+    tls_handshake_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
