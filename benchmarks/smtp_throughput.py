@@ -251,7 +251,9 @@ def run_round(
     round_no: int,
     args: argparse.Namespace,
     base: Path,
+    source_options: Sequence[str] = (),
 ) -> RoundResult:
+    """One round of one server; ``source_options`` go to smtp-source (``-L``: LMTP)."""
     workdir = base / f"{spec.name}-{round_no}"
     workdir.mkdir()
     port = free_port()
@@ -278,6 +280,7 @@ def run_round(
             raise BenchError(f"{spec.name}: {new_dir} holds {before} files before the run")
         source_cmd = [
             args.smtp_source,
+            *source_options,
             "-s",
             str(args.sessions),
             "-l",

@@ -9,6 +9,7 @@ input, never from the command line (where ``ps`` and shell history would show th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import logging
 import os
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common], help="run the server in the foreground")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("KITTIWAKE_WORKERS", "1")),
+        help="worker processes sharing the listeners, limits and spool (default 1)",
+    )
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="action", required=True)
@@ -69,13 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(Path(args.conf) if args.conf else None)
+        if args.command in ("serve", "config"):
+            config = _check_handlers(config)
     except ConfigError as exc:
         print(f"kittiwake: configuration error: {exc}", file=sys.stderr)
         return 2
     data = Path(args.data)
     try:
         if args.command == "serve":
-            return _serve(config, data, args.log_level)
+            return _serve(config, data, args.log_level, args.workers)
         if args.command == "config":
             print(format_report(config))
             return 0
@@ -89,11 +98,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def _check_handlers(config: Config) -> Config:
+    """Build every handler chain once, so that an unknown class or a bad option stops
+    here with file, element and reason; options no handler read join the report.
+
+    Raises:
+        ConfigError: the handler problems.
+    """
+    from kittiwake.hooks.loader import load_chains
+
+    notes = load_chains(config).notes
+    return dataclasses.replace(config, unimplemented=config.unimplemented + notes)
+
+
 class _Failure(Exception):
     """A command failed for a reason the user can fix; printed without a traceback."""
 
 
-def _serve(config: Config, data: Path, level: str) -> int:
+def _serve(config: Config, data: Path, level: str, workers: int) -> int:
     from kittiwake.server.runtime import run
 
     logging.basicConfig(
@@ -104,11 +126,10 @@ def _serve(config: Config, data: Path, level: str) -> int:
     for item in config.unimplemented:
         logging.getLogger("kittiwake.config").warning("not implemented yet, ignored: %s", item)
     try:
-        run(config, data)
+        return run(config, data, workers)
     except OSError as exc:
         print(f"kittiwake: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 def _store(config: Config, data: Path):  # type: ignore[no-untyped-def]

@@ -98,7 +98,6 @@ def test_other_files_are_named(conf_dir: ConfDir, host: HostLookup) -> None:
             "smtpserver.xml": wrap(""),
             "lmtpserver.xml": "<lmtpservers/>",
             "usersrepository.xml": "<usersrepository/>",
-            "dnsservice.xml": "<dnsservice/>",
             "jvm.properties": "",
             "config.xml": "<config/>",
             "keystore": "binary",
@@ -110,7 +109,6 @@ def test_other_files_are_named(conf_dir: ConfDir, host: HostLookup) -> None:
     config = load_config(directory, host=host)
     assert config.unimplemented == (
         "config.xml (whole file; James 2.x: move its <smtpserver> block into smtpserver.xml)",
-        "dnsservice.xml (whole file)",
         "jvm.properties (whole file)",
         "usersrepository.xml (whole file)",
     )

@@ -24,7 +24,7 @@ A transcript is a text file of lines, each starting with a two-letter tag:
 
 A header of ``# key: value`` lines at the top sets ``CoreSettings`` fields (``mode``,
 ``max_line_length``, ``max_message_size``, ``max_recipients``, ``helo_required``,
-``brackets_required``, ``starttls``); other ``#`` lines are comments. The connection
+``brackets_required``, ``starttls``, ``auth``); other ``#`` lines are comments. The connection
 always ends with EOF after the last client octets.
 
 Every transcript runs through the core several ways (``chunkings``): as one chunk, one
@@ -43,8 +43,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kittiwake.auth.sasl import (
+    Challenge,
+    Credentials,
+    Mechanism,
+    challenge_reply,
+    new_mechanism,
+)
 from kittiwake.protocol import (
     CONNECTION_CLOSED,
+    Auth,
+    AuthResponse,
     CoreSettings,
     DataRequested,
     Event,
@@ -102,6 +111,7 @@ HANDSHAKE: Any = _Handshake()
 LOCAL_DOMAINS = frozenset({"local.test"})
 USERS = frozenset({"alice", "bob", "carol", "dave", "jörg", '"john smith"', '"a@b"'})
 FULL_MAILBOXES = frozenset({"carol"})  # LMTP: delivery fails 452 4.2.2 for these
+PASSWORDS = {"alice": "secret"}  # AUTH PLAIN/LOGIN; a third failure gets 421
 
 
 def _escapes(text: str) -> bytes:
@@ -136,6 +146,8 @@ class FakeApp:
         self._sender: str | None = None
         self._recipients: list[str] = []
         self._data: bytearray | None = None
+        self._mechanism: Mechanism | None = None
+        self.auth_failures = 0
 
     def _reset(self) -> None:
         self._sender = None
@@ -187,6 +199,29 @@ class FakeApp:
             conn.send(replies.READY_TLS)
         elif isinstance(event, Unknown):
             conn.send(replies.UNRECOGNIZED)
+        elif isinstance(event, Auth):
+            self._mechanism = new_mechanism(event.mechanism)
+            if self._mechanism is None:
+                conn.send(replies.AUTH_UNKNOWN_MECHANISM)
+                return
+            self._sasl(conn, self._mechanism.start(event.initial_response))
+        elif isinstance(event, AuthResponse):
+            assert self._mechanism is not None, "AuthResponse outside an exchange"
+            self._sasl(conn, self._mechanism.respond(event.line))
+
+    def _sasl(self, conn: ServerConnection, step: object) -> None:
+        if isinstance(step, Challenge):
+            conn.send(challenge_reply(step))
+            return
+        self._mechanism = None
+        if not isinstance(step, Credentials):
+            conn.send(step.reply)  # type: ignore[attr-defined]
+        elif PASSWORDS.get(step.authcid) == step.password and step.authzid in ("", step.authcid):
+            conn.send(replies.AUTH_OK)
+        else:
+            self.auth_failures += 1
+            failed = self.auth_failures >= 3
+            conn.send(replies.AUTH_TOO_MANY_FAILURES if failed else replies.AUTH_FAILED)
 
     def _complete(self, conn: ServerConnection, event: MessageComplete) -> None:
         assert self._sender is not None and self._data is not None
@@ -321,6 +356,7 @@ _SETTINGS: dict[str, Callable[[str], Any]] = {
     "helo_required": lambda v: {"true": True, "false": False}[v.lower()],
     "brackets_required": lambda v: {"true": True, "false": False}[v.lower()],
     "starttls": lambda v: {"true": True, "false": False}[v.lower()],
+    "auth": lambda v: {"true": True, "false": False}[v.lower()],
 }
 _HEADER = re.compile(r"# ([a-z_]+): (.*)")
 _TAGS = ("S:", "C:", "R:", "E:", "D:", "T:")

@@ -1,12 +1,12 @@
 """Fail closed on security options kittiwake does not implement yet.
 
-TLS, AUTH, trusted networks (``authorizedAddresses``), sender identity checks, the
-PROXY protocol and custom handler chains all change who may do what. Running without
+TLS, AUTH, trusted networks (``authorizedAddresses``), sender identity checks and the
+PROXY protocol all change who may do what. Running without
 them while the file asks for them would be a silent downgrade, so they stop the start
 with a :class:`ConfigError` naming the element. The exception is a value that asks for
 nothing beyond what kittiwake already does (TLS off, AUTH never announced and not
-required, ``verifyIdentity`` false, core handlers only): such options are accepted and
-named in ``Config.unimplemented`` as harmless.
+required, ``verifyIdentity`` false): such options are accepted and named in
+``Config.unimplemented`` as harmless. ``<handlerchain>`` is read by ``_handlerchain.py``.
 
 A listener with ``enabled="false"`` never runs, so its refusals are only named as not
 implemented; its malformed values are still errors.
@@ -28,7 +28,6 @@ __all__ = [
     "check_auth_required",
     "check_authorized_addresses",
     "check_dotted_auth",
-    "check_handlerchain",
     "check_proxy_required",
     "check_server_socket_type",
     "check_tls",
@@ -37,30 +36,6 @@ __all__ = [
     "read_auth",
 ]
 
-_SMTP = "org.apache.james.smtpserver."
-#: Loaders of the core command set (NoAuth is the same minus AUTH and auth.required).
-_CORE_PACKAGES = frozenset({_SMTP + "CoreCmdHandlerLoader", _SMTP + "NoAuthCmdHandlerLoader"})
-_JMX_PACKAGES = frozenset({_SMTP + "jmx.JMXHandlersLoader"})
-#: Handlers that ask for nothing beyond kittiwake's core: the core loaders, and
-#: ValidRcptHandler (kittiwake's core already refuses unknown local users). The James
-#: 2.x names are the same core under its old packages (per-command handlers in 2.3).
-_HARMLESS_HANDLERS = _CORE_PACKAGES | frozenset(
-    {_SMTP + "fastfail.ValidRcptHandler"}
-    | {
-        _SMTP + "core.CoreCmdHandlerLoader",
-        _SMTP + "core.filter.CoreFilterCmdHandlerLoader",
-        _SMTP + "core.filter.fastfail.ValidRcptHandler",
-        _SMTP + "core.SendMailHandler",
-        _SMTP + "SendMailHandler",
-    }
-    | {
-        f"{_SMTP}{verb}CmdHandler"
-        for verb in (
-            *("Helo", "Ehlo", "Auth", "Mail", "Rcpt", "Data", "Rset", "Noop", "Quit"),
-            *("Vrfy", "Expn", "Help"),
-        )
-    }
-)
 _AUTH_CHILDREN = frozenset({"announce", "required", "requireSSL", "plainAuthEnabled"})
 _ANNOUNCE = ("never", "always", "forunauthorizedaddresses")
 _JAMES3_TLS = 'use James 3\'s <tls socketTLS="true"> or <tls startTLS="true"> with a certificate'
@@ -68,7 +43,7 @@ _JAMES3_TLS = 'use James 3\'s <tls socketTLS="true"> or <tls startTLS="true"> wi
 #: Element names this module decides on (used to catch mis-cased spellings).
 SECURITY_ELEMENTS = frozenset(
     {"tls", "auth", "authRequired", "authorizedAddresses", "verifyIdentity"}
-    | {"proxyRequired", "handlerchain", "useTLS", "serverSocketType"}
+    | {"proxyRequired", "useTLS", "serverSocketType"}
 )
 
 
@@ -250,39 +225,3 @@ def check_proxy_required(gate: Gate, element: ET.Element, path: str) -> None:
         gate.refuse(path, "the PROXY protocol is not implemented yet; set it to false")
     else:
         gate.harmless(path, "false: no PROXY protocol")
-
-
-def check_handlerchain(gate: Gate, element: ET.Element, path: str) -> None:
-    """``<handlerchain>``: accepted only with core loaders and ValidRcptHandler."""
-    refused = False
-    for name, raw in element.attrib.items():
-        value = raw.strip()
-        attr_path = f"{path}/@{name}"
-        if name == "coreHandlersPackage" and value not in _CORE_PACKAGES:
-            gate.refuse(attr_path, f"custom core handlers ({value}) are not implemented yet")
-            refused = True
-        elif name == "jmxHandlersPackage" and value not in _JMX_PACKAGES:
-            gate.refuse(attr_path, f"custom JMX handlers ({value}) are not implemented yet")
-            refused = True
-        elif name == "enableJmx":
-            _bool(gate, value, attr_path)
-        elif name not in ("coreHandlersPackage", "jmxHandlersPackage"):
-            gate.harmless(attr_path, "unknown attribute")
-    for child in element:
-        if child.tag != "handler":
-            gate.harmless(f"{path}/<{child.tag}>", "not a <handler>")
-            continue
-        cls = child.get("class", "").strip()
-        child_path = f'{path}/<handler class="{cls}">'
-        if cls not in _HARMLESS_HANDLERS:
-            gate.refuse(
-                child_path,
-                "custom SMTP handlers are not implemented yet; only CoreCmdHandlerLoader, "
-                "NoAuthCmdHandlerLoader and fastfail.ValidRcptHandler are accepted",
-            )
-            refused = True
-            continue
-        for option in child:
-            gate.harmless(f"{child_path}/<{option.tag}>", "handler option")
-    if not refused:
-        gate.harmless(path, "core handlers only; kittiwake's built-in checks are used")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kittiwake.config import _security as security
 from kittiwake.config._errors import ConfigError, Findings, Invalid, Problem
+from kittiwake.config._handlerchain import read_handlerchain
 from kittiwake.config._tls import read_listener_tls
 from kittiwake.config._values import (
     HostLookup,
@@ -39,6 +40,7 @@ from kittiwake.config.model import (
     DEFAULT_MAX_LINE_LENGTH,
     DEFAULT_MAX_MESSAGE_SIZE,
     Bind,
+    HandlerConfig,
     ListenerConfig,
     TlsConfig,
 )
@@ -56,7 +58,6 @@ _SECURITY: dict[str, Callable[[security.Gate, ET.Element, str], None]] = {
     "authorizedAddresses": security.check_authorized_addresses,
     "verifyIdentity": security.check_verify_identity,
     "proxyRequired": security.check_proxy_required,
-    "handlerchain": security.check_handlerchain,
     "useTLS": security.check_use_tls,
     "serverSocketType": security.check_server_socket_type,
 }
@@ -64,6 +65,7 @@ _VALUES = frozenset(
     {"jmxName", "bind", "port", "connectionBacklog", "connectiontimeout", "connectionLimit"}
     | {"connectionLimitPerIP", "helloName", "smtpGreeting", "maxmessagesize", "maxLineLength"}
     | {"heloEhloEnforcement", "addressBracketsEnforcement", "disabledFeatures"}
+    | {"handlerchain"}
 )
 _KNOWN_BY_LOWER = {name.lower(): name for name in _VALUES | security.SECURITY_ELEMENTS}
 
@@ -146,6 +148,8 @@ class _Listener:
         self.helo_ehlo = True
         self.brackets = True
         self.disabled: list[str] = []
+        self.handlers: tuple[HandlerConfig, ...] = ()
+        self.core_handlers = "CoreCmdHandlerLoader"
 
     def _options(self) -> list[tuple[str, ET.Element]]:
         """(path, element) for each option, in document order, ``<handler>`` flattened."""
@@ -222,6 +226,10 @@ class _Listener:
     def _value(self, tag: str, element: ET.Element, path: str) -> None:
         if tag == "helloName":
             self._hello_name(element, path)
+            return
+        if tag == "handlerchain":
+            chain = read_handlerchain(element, path, self.findings)
+            self.handlers, self.core_handlers = chain.handlers, chain.core
             return
         note_attributes(element, path, self.findings)
         if tag == "jmxName":
@@ -340,4 +348,6 @@ class _Listener:
             disabled_features=frozenset(self.disabled),
             tls=self.tls,
             auth_required=self.auth_required,
+            handlers=self.handlers,
+            core_handlers=self.core_handlers,
         )

@@ -9,6 +9,8 @@ Files read:
 * ``lmtpserver.xml``: the LMTP listeners (``_lmtpserver.py``). Absent: no LMTP.
 * ``domainlist.xml``: local domains and the default domain (``_domainlist.py``). Absent:
   ``localhost`` only.
+* ``dnsservice.xml``: the resolvers handlers ask (``_dnsservice.py``). Absent: the
+  system's resolvers.
 * ``mailetcontainer.xml``: only ``<context><postmaster>``; the processors are named as
   not implemented. Absent: ``postmaster@<defaultDomain>``.
 
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kittiwake.config._dnsservice import DNSSERVICE, read_dnsservice
 from kittiwake.config._domainlist import (
     DOMAINLIST,
     MAILETCONTAINER,
@@ -41,6 +44,7 @@ from kittiwake.config._values import HostLookup
 from kittiwake.config.model import (
     Bind,
     Config,
+    DnsConfig,
     DomainListConfig,
     ListenerConfig,
     ServerOptions,
@@ -58,7 +62,7 @@ SUBMISSION_LISTENER_NAME = "submission"
 SUBMISSION_BIND = Bind("127.0.0.1", 2587)
 SUBMISSIONS_LISTENER_NAME = "submissions"
 SUBMISSIONS_BIND = Bind("127.0.0.1", 2465)
-_READ = (SMTPSERVER, LMTPSERVER, DOMAINLIST, MAILETCONTAINER)
+_READ = (SMTPSERVER, LMTPSERVER, DOMAINLIST, MAILETCONTAINER, DNSSERVICE)
 _T = TypeVar("_T")
 _OTHER_FILE_NOTES = {
     "config.xml": "James 2.x: move its <smtpserver> block into smtpserver.xml",
@@ -108,6 +112,7 @@ def load_config(conf_dir: Path | None, *, host: HostLookup | None = None) -> Con
     no_lmtp: list[ListenerConfig] = []
     lmtp = files.read(LMTPSERVER, lambda p, f: read_lmtpserver(p, lookup, f), no_lmtp)
     domains = files.read(DOMAINLIST, lambda p, f: read_domainlist(p, lookup, f), embedded.domains)
+    dns = files.read(DNSSERVICE, read_dnsservice, DnsConfig())
     postmaster = files.read(
         MAILETCONTAINER,
         lambda p, f: read_postmaster(p, domains.default_domain, f),
@@ -126,6 +131,7 @@ def load_config(conf_dir: Path | None, *, host: HostLookup | None = None) -> Con
         domains=domains,
         server=ServerOptions(postmaster=postmaster, **own),
         source=str(conf_dir),
+        dns=dns,
         unimplemented=tuple(files.unimplemented),
     )
 

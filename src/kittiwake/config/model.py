@@ -8,15 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from ipaddress import IPv4Network, IPv6Network
 
 __all__ = [
+    "AuthAnnounce",
+    "AuthConfig",
     "Bind",
     "Config",
+    "DnsConfig",
     "DomainListConfig",
+    "HandlerConfig",
     "ListenerConfig",
+    "OptionNode",
     "Protocol",
     "ServerOptions",
     "TlsConfig",
+    "UsersRepositoryConfig",
 ]
 
 KIB = 1024
@@ -45,6 +52,35 @@ class Bind:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class OptionNode:
+    """One element of a handler's nested configuration, as written (a small tree, like
+    James's ``HierarchicalConfiguration``); handlers read it through
+    :class:`kittiwake.hooks.options.HandlerOptions`."""
+
+    tag: str
+    #: the element's own text, stripped ("" when it has none)
+    text: str = ""
+    attributes: tuple[tuple[str, str], ...] = ()
+    children: tuple[OptionNode, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerConfig:
+    """One ``<handler class="...">`` of a listener's ``<handlerchain>``, in chain order.
+
+    ``class_name`` is a James class name (mapped to kittiwake's handler by
+    ``hooks/loader.py``) or a Python path (``package.module:Class`` or
+    ``package.module.Class``); ``options`` is the ``<handler>`` element itself;
+    ``path`` names it in error messages (``<smtpserver name="x">/<handlerchain>/...``).
+    """
+
+    class_name: str
+    options: OptionNode
+    path: str
+    file: str = "smtpserver.xml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +119,46 @@ class TlsConfig:
         return not self.starttls
 
 
+class AuthAnnounce(Enum):
+    """James ``auth.announce``: when EHLO lists AUTH."""
+
+    NEVER = "never"
+    ALWAYS = "always"
+    #: only to clients whose address is not in ``authorizedAddresses``
+    FOR_UNAUTHORIZED_ADDRESSES = "forUnauthorizedAddresses"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """One SMTP listener's AUTH and relay options (James ``auth.*``, ``authRequired``,
+    ``authorizedAddresses``, ``verifyIdentity``); ``auth.required`` is
+    ``ListenerConfig.auth_required``."""
+
+    #: ``<auth><announce>``, else from the deprecated ``<authRequired>``: true ->
+    #: forUnauthorizedAddresses, announce -> always, false or absent -> never
+    announce: AuthAnnounce = AuthAnnounce.NEVER
+    #: ``<auth><requireSSL>``: AUTH is neither announced nor accepted (538 5.7.11) on a
+    #: clear-text connection. Kittiwake's default is true (James's code: false)
+    require_ssl: bool = True
+    #: ``<auth><plainAuthEnabled>``: PLAIN and LOGIN are offered (they are all there is)
+    plain_enabled: bool = True
+    #: ``<authorizedAddresses>``: clients that may relay without AUTH (and count as
+    #: authenticated for ``auth.required``); empty = nobody
+    trusted_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    #: ``<verifyIdentity>``: "strict" (James's default), "relaxed" or "disabled"
+    verify_identity: str = "strict"
+    #: ``<handlerchain coreHandlersPackage>`` is not NoAuthCmdHandlerLoader: AUTH exists
+    command: bool = True
+    #: kittiwake ``<auth><ipFailureLimit>``: failed AUTHs per client address within
+    #: ``ip_failure_window`` that block it (454 4.7.0) for that long; 0 = no limit
+    ip_failure_limit: int = 10
+    #: kittiwake ``<auth><ipFailureWindow>``: seconds
+    ip_failure_window: float = 600.0
+    #: failed AUTHs on one connection before it is closed with 421 4.7.0 (RFC 4954 4:
+    #: not fewer than 3)
+    connection_failure_limit: int = 3
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
     """One ``<smtpserver>`` (or ``<lmtpserver>``) element: one listener."""
@@ -109,6 +185,8 @@ class ListenerConfig:
     #: ``<auth><required>``: MAIL is refused (530 5.7.0) unless the client authenticated;
     #: with no AUTH yet that is every client (the submission listeners of the default)
     auth_required: bool = False
+    #: AUTH, relay and sender identity options (issue 5)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     #: bytes; 0 = no limit (James ``maxmessagesize``, plain numbers are KiB)
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     #: recipients per transaction; beyond it 452 4.5.3 (RFC 5321 4.5.3.1.10)
@@ -123,6 +201,10 @@ class ListenerConfig:
     disabled_features: frozenset[str] = frozenset()
     #: seconds between two reads while receiving DATA/BDAT text
     data_timeout: float = DEFAULT_DATA_TIMEOUT
+    #: ``<handlerchain>``'s handlers, in order; they run before kittiwake's own rules
+    handlers: tuple[HandlerConfig, ...] = ()
+    #: ``<handlerchain coreHandlersPackage>``: CoreCmdHandlerLoader or NoAuthCmdHandlerLoader
+    core_handlers: str = "CoreCmdHandlerLoader"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +242,39 @@ class ServerOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """``dnsservice.xml``: the resolvers the handlers (RBL, SPF, HELO checks) ask.
+
+    ``servers`` come from ``<servers><server>IP</server></servers>``; ``IP:PORT`` (and
+    ``[IPv6]:PORT``) is a kittiwake extension, port 53 otherwise. With ``autodiscover``
+    the system's resolvers (``/etc/resolv.conf``) are used too, after the listed ones;
+    with neither, 127.0.0.1 (as James does).
+    """
+
+    servers: tuple[Bind, ...] = ()
+    autodiscover: bool = True
+    #: seconds one lookup may take, retries included (kittiwake's ``<timeout>``)
+    timeout: float = 5.0
+    #: answers kept in memory (James ``maxcachesize``); 0 = no cache
+    max_cache_size: int = 50000
+
+
+@dataclass(frozen=True, slots=True)
+class UsersRepositoryConfig:
+    """``usersrepository.xml`` (James ``UsersRepository``)."""
+
+    #: ``<enableVirtualHosting>``: user names are full addresses. Kittiwake's users always
+    #: are; false means a login or an imported name without "@" gets the default domain
+    virtual_hosting: bool = True
+    #: ``<algorithm>``: the hash algorithm of imported James users whose line names none
+    algorithm: str = "PBKDF2-SHA512"
+    #: ``<hashingMode>``: plain, salted, legacy or legacy_salted (imports without a mode)
+    hashing_mode: str = "plain"
+    #: ``<administratorIds><administratorId>``: users who may authenticate as another
+    #: (SASL authorization identity); canonical addresses
+    administrators: frozenset[str] = frozenset()
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything kittiwake read from the configuration directory."""
 
@@ -170,3 +285,8 @@ class Config:
     source: str | None = None
     #: options present in the files that kittiwake reads but does not act on yet (named at start)
     unimplemented: tuple[str, ...] = ()
+    #: resolvers for the handlers (``dnsservice.xml``)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    #: ``usersrepository.xml``
+    users: UsersRepositoryConfig = field(default_factory=UsersRepositoryConfig)
+

@@ -56,7 +56,7 @@ from kittiwake.delivery.base import DeliveryJob, Outcome, Status
 from kittiwake.delivery.journal import Journal, JournalRecord
 from kittiwake.storage._names import InvalidName, mailbox_parts
 
-__all__ = ["MaildirDeliverer", "maildir_name"]
+__all__ = ["MaildirDeliverer", "MaildirOwner", "maildir_name"]
 
 # Link failures that mean "this file system will not link here": copy instead.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP}
@@ -94,6 +94,41 @@ def _name(queue_id: str, received_at: float, size: int, safe_host: str) -> str:
     return f"{int(received_at)}.K{queue_id}.{safe_host},S={size}"
 
 
+@dataclass(frozen=True, slots=True)
+class MaildirOwner:
+    """Owner, group and mode of what goes into Maildirs (``kittiwake.xml <maildir uid
+    gid mode>``), for a Dovecot that reads them as another user or through a group.
+
+    ``-1`` leaves the owner or group as the process makes it. Directories get ``mode``
+    with a search bit for every read bit, plus setgid when a group is given (new
+    entries then inherit the group, as shared Maildir setups expect). Only root may give
+    a file to another user, so ``uid`` is in practice the user kittiwake runs as.
+    """
+
+    uid: int = -1
+    gid: int = -1
+    mode: int | None = None
+
+    @property
+    def dir_mode(self) -> int | None:
+        if self.mode is None:
+            return 0o2700 if self.gid != -1 else None
+        mode = self.mode | ((self.mode & 0o444) >> 2)
+        return mode | (0o2000 if self.gid != -1 else 0)
+
+    @property
+    def active(self) -> bool:
+        return self.uid != -1 or self.gid != -1 or self.mode is not None
+
+    def apply(self, path: str, *, directory: bool) -> None:
+        """Give ``path`` this owner, group and mode (nothing when not configured)."""
+        if self.uid != -1 or self.gid != -1:
+            os.chown(path, self.uid, self.gid)
+        mode = self.dir_mode if directory else self.mode
+        if mode is not None:
+            os.chmod(path, mode)
+
+
 @dataclass(slots=True)
 class _Maildir:
     path: str
@@ -122,6 +157,8 @@ class MaildirDeliverer:
         self._host = _safe_host(hostname or socket.gethostname())
         self._boxes: dict[str, _Maildir] = {}
         self._create_lock = threading.Lock()
+        #: set by the runtime from kittiwake.xml's <maildir>; None: 0700 dirs, 0600 files
+        self.owner: MaildirOwner | None = None
 
     @classmethod
     def in_data_dir(cls, data: Path, *, hostname: str | None = None) -> MaildirDeliverer:
@@ -162,16 +199,21 @@ class MaildirDeliverer:
         parent = os.path.dirname(self._root)
         if not os.path.isdir(self._root):
             os.makedirs(parent, mode=0o700, exist_ok=True)
+        owner = self.owner
         for i, d in enumerate(chain):
             try:
                 os.mkdir(d, 0o700)
             except FileExistsError:
                 continue
+            if owner is not None:
+                owner.apply(d, directory=True)
             if first_new is None:
                 first_new = i
         for sub in (box.tmp, box.new, box.cur):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(sub, 0o700)
+                if owner is not None:
+                    owner.apply(sub, directory=True)
         to_sync = [box.path]
         if first_new is not None:
             to_sync = [parent, *chain][first_new:]
@@ -337,6 +379,11 @@ class MaildirDeliverer:
 
     def _place(self, src: str, box: _Maildir, name: str) -> None:
         dst = f"{box.new}/{name}"
+        owner = self.owner
+        if owner is not None:
+            # The link shares the spool file's inode: set owner and mode before it
+            # becomes visible in new/ (the spool directory itself stays 0700).
+            owner.apply(src, directory=False)
         if box.link_ok:
             try:
                 os.link(src, dst)
@@ -349,7 +396,7 @@ class MaildirDeliverer:
                 box.link_ok = False
         if os.path.exists(dst):
             return
-        _copy_into(src, f"{box.tmp}/{name}", dst)
+        _copy_into(src, f"{box.tmp}/{name}", dst, owner)
 
 
 def _copy_into(src: str, tmp: str, dst: str) -> None:

@@ -5,6 +5,8 @@ from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
     CONNECTION_CLOSED,
     NEED_DATA,
+    Auth,
+    AuthResponse,
     ConnectionClosed,
     DataRequested,
     Event,
@@ -27,6 +29,8 @@ from .connection import CoreSettings, Mode, ServerConnection
 __all__ = [
     "CONNECTION_CLOSED",
     "NEED_DATA",
+    "Auth",
+    "AuthResponse",
     "ConnectionClosed",
     "CoreSettings",
     "DataRequested",

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 __all__ = [
+    "Auth",
+    "AuthResponse",
     "ConnectionClosed",
     "DataRequested",
     "Event",
@@ -111,6 +113,38 @@ class StartTLS(Event):
     (``TLS_NOT_AVAILABLE``, 454) leaves the session as it was."""
 
     needs_reply: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Auth(Event):
+    """AUTH (RFC 4954 4), already checked by the core: the listener has AUTH, the session
+    is greeted, outside a transaction and not yet authenticated, and the argument is a
+    mechanism name and at most one initial response.
+
+    Reply ``334 <challenge>`` to go on (the core then hands each client line over as
+    :class:`AuthResponse`), ``235`` on success (the session is then authenticated), or
+    any refusal. A ``421`` closes the connection."""
+
+    needs_reply: ClassVar[bool] = True
+    mechanism: str  # upper case
+    initial_response: str | None  # base64 or "=" as sent; None when absent
+
+    def __repr__(self) -> str:  # an initial response may hold a password: never logged
+        shown = None if self.initial_response is None else "<redacted>"
+        return f"Auth(mechanism={self.mechanism!r}, initial_response={shown})"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse(Event):
+    """One client line of a SASL exchange after a ``334``: base64 text, "" or ``*``
+    (cancel). Answered like :class:`Auth`. A line longer than the SASL line limit is
+    refused by the core (``500 5.5.6``) and ends the exchange without this event."""
+
+    needs_reply: ClassVar[bool] = True
+    line: str
+
+    def __repr__(self) -> str:
+        return "AuthResponse(<redacted>)"
 
 
 @dataclass(frozen=True, slots=True)

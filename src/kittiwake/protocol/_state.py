@@ -17,6 +17,9 @@ Contested cases, decided here:
   the same). After its 220 the session waits in TLS_HANDSHAKE, reading nothing; the
   handshake (``ServerConnection.tls_started``) brings it back to CONNECTED with
   everything forgotten, so the client must EHLO again (RFC 3207 4.2).
+* AUTH only outside a transaction, after HELO/EHLO, once per session (RFC 4954 4: 503
+  otherwise). A ``334`` reply puts the session in AUTH, where each line is a SASL
+  response and not a command; any other reply brings it back to GREETED.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class State(Enum):
     DATA = auto()  # reading dot-stuffed text
     CHUNKING = auto()  # a BDAT transaction: between or inside chunks
     TLS_HANDSHAKE = auto()  # STARTTLS answered 220: no command is read until the handshake
+    AUTH = auto()  # a SASL exchange after 334: each line is a response, not a command
     CLOSED = auto()
 
 
@@ -53,6 +57,7 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (State.RCPT, "BDAT"): State.CHUNKING,
     (State.CHUNKING, "BDAT"): State.CHUNKING,
     (State.GREETED, "STARTTLS"): State.TLS_HANDSHAKE,
+    (State.GREETED, "AUTH"): State.GREETED,  # 334 leads to AUTH, see ServerConnection.send
 }
 
 

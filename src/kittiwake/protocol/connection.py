@@ -13,6 +13,7 @@ reads no further command until the decision is answered, so pipelined commands
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -24,6 +25,8 @@ from ._errors import CommandRefused, LocalProtocolError, RemoteProtocolError
 from ._events import (
     CONNECTION_CLOSED,
     NEED_DATA,
+    Auth,
+    AuthResponse,
     DataRequested,
     Event,
     Hello,
@@ -43,6 +46,10 @@ from ._state import State, next_state
 __all__ = ["CoreSettings", "Mode", "ServerConnection"]
 
 _MAX_SIZE_DIGITS = 20  # SIZE= and BDAT sizes: refuse absurd numbers before int()
+#: RFC 4954 4: a server must take AUTH lines (command and responses) of at least 12288
+#: octets, whatever its command line limit
+SASL_LINE_MINIMUM = 12288
+_SASL_MECHANISM = re.compile(r"[A-Za-z0-9_-]{1,20}")  # RFC 4422 3.1
 
 
 def _is_digits(text: str) -> bool:
@@ -69,6 +76,8 @@ class CoreSettings:
     brackets_required: bool = True  # James addressBracketsEnforcement
     disabled_keywords: frozenset[str] = frozenset()  # EHLO keywords not announced
     starttls: bool = False  # offer STARTTLS (James tls@startTLS), until TLS is active
+    auth: bool = False  # the AUTH command exists (RFC 4954); the application decides the rest
+    mail_parameters: frozenset[str] = frozenset()  # more MAIL parameters (upper case) to pass on
 
 
 class _Reader(Enum):
@@ -242,9 +251,22 @@ class ServerConnection:
             return NEED_DATA if not self.closed else None
         if reader is _Reader.DISCARD_LINE:
             self._reader = _Reader.COMMAND
-            self._reply(R.LINE_TOO_LONG)  # now that the line ended cleanly
+            if self.state is State.AUTH:
+                self.state = State.GREETED  # RFC 4954 4: 500 5.5.6 ends the exchange
+                self._reply(R.AUTH_LINE_TOO_LONG)
+            else:
+                self._reply(R.LINE_TOO_LONG)  # now that the line ended cleanly
             return None
-        if len(line) > self.settings.max_line_length:
+        if self.state is State.AUTH:
+            if len(line) > self._line_limit():
+                self.state = State.GREETED
+                self._reply(R.AUTH_LINE_TOO_LONG)
+                return None
+            return AuthResponse(line[:-2].decode("latin-1"))
+        if len(line) > self._line_limit() or (
+            len(line) > self.settings.max_line_length
+            and not (self.settings.auth and line[:5].upper() == b"AUTH ")
+        ):
             self._reply(R.LINE_TOO_LONG)  # RFC 5321 4.5.3.1.4; the session goes on
             return None
         try:
@@ -265,7 +287,7 @@ class ServerConnection:
             # A CR not followed by LF is bare now, however the line was cut into reads.
             if buf.find(b"\r", 0, len(buf) - 1) >= 0:
                 raise RemoteProtocolError(R.BARE_LINE_ENDING)
-            limit = self.settings.max_line_length
+            limit = self._line_limit()
             if len(buf) > limit:
                 # Over-long line still coming: drop it up to its CRLF and answer then, as
                 # when it arrives whole (a bare CR or LF in it closes either way).
@@ -279,6 +301,13 @@ class ServerConnection:
         line = bytes(buf[: lf + 1])
         del buf[: lf + 1]
         return line
+
+    def _line_limit(self) -> int:
+        """Octets a line may have, CRLF included: maxLineLength, and at least
+        :data:`SASL_LINE_MINIMUM` where an AUTH line may come (the command itself is
+        checked against maxLineLength once its verb is known)."""
+        limit = self.settings.max_line_length
+        return max(limit, SASL_LINE_MINIMUM) if self.settings.auth else limit
 
     # ---- commands -----------------------------------------------------------------
 
@@ -371,6 +400,8 @@ class ServerConnection:
                 if value is None:
                     raise CommandRefused(R.BAD_PARAMETER_VALUE)
                 auth = decode_xtext(value)
+            elif key in self.settings.mail_parameters:
+                pass  # a hook takes it (James's MailParametersHook); the application asks
             else:
                 raise CommandRefused(R.UNKNOWN_PARAMETER)
         address = path.address if path is not None else ""
@@ -473,6 +504,22 @@ class ServerConnection:
         self._pending_verb = verb
         return StartTLS()
 
+    def _auth(self, verb: str, arg: str) -> Event | None:
+        if not self.settings.auth:
+            return Unknown(verb, arg)  # NoAuthCmdHandlerLoader, LMTP: no such command
+        if self.authenticated:
+            raise CommandRefused(R.AUTH_ALREADY)  # RFC 4954 4
+        if self.state in (State.MAIL, State.RCPT, State.CHUNKING):
+            raise CommandRefused(R.AUTH_IN_TRANSACTION)  # RFC 4954 4
+        self._sequence(verb)
+        parts = arg.split(" ")
+        if not 1 <= len(parts) <= 2 or not _SASL_MECHANISM.fullmatch(parts[0]):
+            raise CommandRefused(R.AUTH_SYNTAX)
+        if len(parts) == 2 and not parts[1]:
+            raise CommandRefused(R.AUTH_SYNTAX)
+        self._pending_verb = verb
+        return Auth(parts[0].upper(), parts[1] if len(parts) == 2 else None)
+
     def tls_started(self) -> None:
         """The adapter finished the TLS handshake after STARTTLS's 220.
 
@@ -529,6 +576,19 @@ class ServerConnection:
         if not isinstance(reply, Reply):
             raise LocalProtocolError("one reply expected")
         verb = self._pending_verb
+        if reply.code == 421:
+            # RFC 5321 3.8: the service is closing the transmission channel.
+            self._reply(reply)
+            self._close(None)
+            return
+        if isinstance(event, Auth | AuthResponse):
+            self._reply(reply)
+            if reply.code == 334:
+                self.state = State.AUTH  # the next line is a SASL response
+            else:
+                self.state = State.GREETED
+                self.authenticated = reply.positive
+            return
         if isinstance(event, Quit):
             self._reply(reply)
             self.state = State.CLOSED
@@ -689,4 +749,5 @@ _COMMANDS = {
     "EXPN": ServerConnection._expn,
     "STARTTLS": ServerConnection._starttls,
     "HELP": ServerConnection._help,
+    "AUTH": ServerConnection._auth,
 }

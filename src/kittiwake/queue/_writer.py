@@ -104,6 +104,48 @@ class SpoolWriter:
         if self._buffered > self._spool.memory_threshold:
             self._spill()  # a blocking create on the loop, but once per large message
 
+    def splice(self, start: int, end: int, data: bytes) -> None:
+        """Replace the bytes ``start:end`` written so far with ``data`` (a message hook
+        adding or replacing header fields). In memory this is a slice; once the message
+        is in its file, the file is rewritten (blocking; only messages that hooks edit
+        pay for it).
+
+        Raises:
+            ValueError: the range is outside what was written.
+            OSError: the file could not be rewritten (the message is unchanged).
+            RuntimeError: the writer was already committed or aborted.
+        """
+        if self._state != "open":
+            raise RuntimeError(f"{self.queue_id}: splice after {self._state}")
+        if not 0 <= start <= end <= self.size:
+            raise ValueError(f"{self.queue_id}: splice {start}:{end} of {self.size} bytes")
+        if self._fd < 0:
+            joined = b"".join(self._buffer)
+            self._buffer = [joined[:start], data, joined[end:]]
+            self._buffered += len(data) - (end - start)
+        else:
+            self._rewrite(start, end, data)
+        self.size += len(data) - (end - start)
+
+    def _rewrite(self, start: int, end: int, data: bytes) -> None:
+        tmp = self.path + ".splice"
+        fd = os.open(tmp, O_NEW, 0o600)
+        try:
+            with open(self.path, "rb") as old:
+                write_all(fd, old.read(start))
+                write_all(fd, data)
+                old.seek(end)
+                while chunk := old.read(1 << 20):
+                    write_all(fd, chunk)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        os.close(self._fd)
+        self._fd = fd
+
     async def commit(self, envelope: Envelope) -> None:
         """Make the message durable; only once this returns may the caller send 250.
 

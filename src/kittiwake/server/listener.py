@@ -11,16 +11,17 @@ import asyncio
 import itertools
 import logging
 import os
+import ssl
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import cast
 
 from kittiwake.config.model import ListenerConfig
 from kittiwake.hooks.api import SessionInfo
-from kittiwake.protocol import CoreSettings, Mode, ServerConnection, State
+from kittiwake.protocol import CoreSettings, Mode, Reply, ServerConnection, State
 from kittiwake.protocol import replies as R
 
+from .limits import ConnectionLimits, LocalLimits
 from .lmtp import UNIX_CLIENT
 from .session import Session, SessionContext
 
@@ -37,9 +38,17 @@ _session_ids = itertools.count(1)
 class Listener:
     """One configured listener: its sessions' shared context and its limits."""
 
-    def __init__(self, config: ListenerConfig, ctx: SessionContext) -> None:
+    def __init__(
+        self,
+        config: ListenerConfig,
+        ctx: SessionContext,
+        limits: ConnectionLimits | None = None,
+        index: int = 0,
+    ) -> None:
         self.config = config
         self.ctx = ctx
+        self.limits: ConnectionLimits = limits if limits is not None else LocalLimits()
+        self.index = index  # this listener's row in ``limits``
         self.settings = CoreSettings(
             hostname=config.hello_name,
             mode=Mode.LMTP if ctx.protocol == "LMTP" else Mode.SMTP,
@@ -50,12 +59,26 @@ class Listener:
             helo_required=config.helo_ehlo_enforcement,
             brackets_required=config.address_brackets_enforcement,
             disabled_keywords=config.disabled_features,
+            starttls=config.tls is not None and config.tls.starttls,
+            mail_parameters=ctx.hooks.mail_parameters,
         )
         self.connections: set[Connection] = set()
         #: makes this listener's sessions (the runtime sets LMTP's, ``lmtp.py``)
         self.session_factory: Callable[[SessionContext, SessionInfo], Session] = Session
-        self._per_ip: Counter[str] = Counter()
         self.shutting_down = False
+        #: the listener's TLS context (``tls.py`` builds it, reloads it in place)
+        self.ssl_context: ssl.SSLContext | None = None
+        #: seconds a TLS handshake may take (kittiwake.xml ``tlsHandshakeTimeout``)
+        self.handshake_timeout = 30.0
+
+    def server_options(self) -> dict[str, object]:
+        """``create_server`` options: implicit TLS (socketTLS, RFC 8314) wraps every
+        connection before ``connection_made``; a handshake that fails or times out
+        closes that connection only."""
+        tls = self.config.tls
+        if tls is None or tls.starttls or self.ssl_context is None:
+            return {}
+        return {"ssl": self.ssl_context, "ssl_handshake_timeout": self.handshake_timeout}
 
     def factory(self) -> Connection:
         return Connection(self)
@@ -63,17 +86,17 @@ class Listener:
     def admit(self, ip: str) -> bytes | None:
         """Count a new connection in; None when admitted, else the 421 to send."""
         cfg = self.config
-        if cfg.connection_limit and len(self.connections) >= cfg.connection_limit:
+        refused = self.limits.acquire(
+            self.index, ip, cfg.connection_limit, cfg.connection_limit_per_ip
+        )
+        if refused is None:
+            return None
+        if refused == "total":
             return R.TOO_MANY_CONNECTIONS.to_bytes()
-        if cfg.connection_limit_per_ip and self._per_ip[ip] >= cfg.connection_limit_per_ip:
-            return R.TOO_MANY_CONNECTIONS_FROM_IP.to_bytes()
-        self._per_ip[ip] += 1
-        return None
+        return R.TOO_MANY_CONNECTIONS_FROM_IP.to_bytes()
 
     def release(self, ip: str) -> None:
-        self._per_ip[ip] -= 1
-        if self._per_ip[ip] <= 0:
-            del self._per_ip[ip]
+        self.limits.release(self.index, ip)
 
     def shutdown(self) -> None:
         """Stop: idle sessions get 421 4.3.2 now, the others when their transaction ends."""
@@ -100,6 +123,10 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self._task: asyncio.Task[None] | None = None
         self._started = 0.0
+        # Between STARTTLS's 220 and our resuming after the handshake, octets reaching
+        # data_received have come through TLS (clear text after the 220 went to the TLS
+        # layer and failed the handshake): kept here, fed to the core after tls_started.
+        self._after_handshake: bytearray | None = None
 
     # ---- asyncio.Protocol callbacks -------------------------------------------------
 
@@ -129,12 +156,16 @@ class Connection(asyncio.Protocol):
             client_ip=self._ip,
             client_port=port,
             session_id=f"{os.getpid():x}.{next(_session_ids):x}",
+            closer=self.close_now,
         )
         self.session = self.listener.session_factory(self.listener.ctx, info)
-        transport.write(self.core.greeting())
+        # the greeting comes from _run, after the connect hooks (they may refuse)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
+        if self._after_handshake is not None:
+            self._after_handshake += data
+            return
         self.core.receive_data(data)
         if len(self.core._buf) > _READ_HIGH_WATER and self.transport is not None:
             self.transport.pause_reading()
@@ -171,11 +202,21 @@ class Connection(asyncio.Protocol):
         core, session, transport = self.core, self.session, self.transport
         assert session is not None and transport is not None
         cfg = self.listener.config
+        self._note_tls(transport)  # implicit TLS: the handshake is already done
         try:
+            refusal = await session.start()  # the connect hooks
+            if refusal is not None:
+                transport.write(core.close(refusal))
+                return
+            transport.write(core.greeting())
             while True:
                 for event in core.events():
                     if event.needs_reply:
                         core.send(await session.decide(event))
+                        if session.disconnect and not core.closed:  # a hook asked for it
+                            closing = core.close()  # the reply just given, then nothing
+                            if not transport.is_closing():
+                                transport.write(closing)
                     else:
                         session.notice(event)
                 out = core.data_to_send()
@@ -187,6 +228,11 @@ class Connection(asyncio.Protocol):
                         await self._drain
                 if core.closed or transport.is_closing():
                     break
+                if core.state is State.TLS_HANDSHAKE:  # STARTTLS's 220 is out
+                    if not await self._start_tls():
+                        break
+                    transport = cast(asyncio.Transport, self.transport)
+                    continue
                 if self._reading_paused and len(core._buf) < _READ_HIGH_WATER // 2:
                     self._reading_paused = False
                     transport.resume_reading()
@@ -202,7 +248,75 @@ class Connection(asyncio.Protocol):
                 transport.write(core.close(R.LOCAL_ERROR))
         finally:
             session.close()
+            if not transport.is_closing():
+                transport.close()
+            await session.end()  # the disconnect hooks
             self._finish()
+
+    async def _start_tls(self) -> bool:
+        """The STARTTLS handshake (RFC 3207). Octets the client sent before the 220 in
+        clear text closed the connection in the core already (CVE-2011-0411); octets
+        sent after it are in the TLS layer's hands now, and fail the handshake.
+
+        Returns:
+            False when the handshake failed or timed out (the connection is closed).
+        """
+        transport, session = self.transport, self.session
+        ctx = self.listener.ssl_context
+        assert transport is not None and session is not None and ctx is not None
+        self._after_handshake = bytearray()
+        try:
+            tls_transport = await asyncio.get_running_loop().start_tls(
+                transport,
+                self,
+                ctx,
+                server_side=True,
+                ssl_handshake_timeout=self.listener.handshake_timeout,
+            )
+        except Exception as exc:  # SSLError, ConnectionAbortedError (timeout), resets...
+            log.info(
+                "%s: STARTTLS handshake with [%s] failed: %s",
+                session.info.session_id,
+                self._ip,
+                exc or type(exc).__name__,
+            )
+            if not transport.is_closing():
+                transport.close()
+            return False
+        if tls_transport is None:  # pragma: no cover - the connection went away
+            return False
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = tls_transport
+        self.core.tls_started()
+        early, self._after_handshake = bytes(self._after_handshake), None
+        self._note_tls(self.transport, starttls=True)
+        if early:
+            self.core.receive_data(early)
+        return True
+
+    def _note_tls(self, transport: asyncio.BaseTransport, *, starttls: bool = False) -> None:
+        """Tell the core and the session the connection is encrypted, and log it."""
+        ssl_object = transport.get_extra_info("ssl_object")
+        session = self.session
+        if ssl_object is None or session is None:
+            return
+        self.core.tls = True
+        cipher = ssl_object.cipher() or ("", "", 0)
+        version = ssl_object.version()
+        bits = int(cipher[2] or 0)
+        if starttls:
+            session.tls_started(version, cipher[0], bits)
+        else:
+            session.encrypted(version, cipher[0], bits)
+        log.info(
+            "%s: %s from [%s]: %s with cipher %s (%d bits)",
+            session.info.session_id,
+            "STARTTLS" if starttls else "TLS connection",
+            self._ip,
+            version,
+            cipher[0],
+            bits,
+        )
 
     async def _wait_for_data(self, timeout: float) -> bool:
         """Wait until the client sends something; False on timeout."""
@@ -243,8 +357,13 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """The grace period is over: close whatever state the session is in."""
+        self.close_now(R.SHUTTING_DOWN)
+
+    def close_now(self, reply: Reply | None = None) -> None:
+        """Close the connection at once, after ``reply`` if given (also what a hook's
+        ``SessionInfo.close`` does, e.g. MaxConnectionLifespanHandler)."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(self.core.close(R.SHUTTING_DOWN))
+            self.transport.write(self.core.close(reply))
             self.transport.close()
         self._wake()
 

@@ -12,14 +12,19 @@ from kittiwake.config.model import Config, ListenerConfig, Protocol
 from kittiwake.delivery.direct import DirectDelivery
 from kittiwake.delivery.journal import Journal
 from kittiwake.delivery.maildir import MaildirDeliverer
+from kittiwake.dnsservice import DnsService
+from kittiwake.hooks.api import Services
+from kittiwake.hooks.loader import load_chains
 from kittiwake.queue.runner import SpoolRunner
 from kittiwake.queue.spool import Spool
 from kittiwake.storage.sqlite import SqliteStore
 
+from .limits import ConnectionLimits, LocalLimits
 from .listener import Listener
 from .lmtp import bind_unix_socket, lmtp_session_factory, remove_unix_socket
 from .recipients import LocalResolver
 from .session import SessionContext
+from .sockets import bind_sockets
 
 __all__ = ["Server", "run"]
 
@@ -29,9 +34,25 @@ log = logging.getLogger("kittiwake")
 class Server:
     """Everything one kittiwake process runs."""
 
-    def __init__(self, config: Config, data_dir: Path) -> None:
+    def __init__(
+        self,
+        config: Config,
+        data_dir: Path,
+        *,
+        sockets: dict[tuple[int, int], socket.socket] | None = None,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
+        """Args:
+        config: the loaded configuration.
+        data_dir: DATA.
+        sockets: listening sockets bound by a supervisor, keyed by (listener index,
+            bind index); None = bind them here.
+        limits: connection counts shared with other workers; None = this process only.
+        """
         self.config = config
         self.data_dir = data_dir
+        self._sockets = sockets
+        self._limits = limits if limits is not None else LocalLimits()
         data_dir.mkdir(parents=True, exist_ok=True)
         # CLI changes are seen within a quarter second; checking the database on every
         # RCPT costs a GIL hand-off per lookup (measured: a sixth of the loop thread).
@@ -49,6 +70,9 @@ class Server:
             concurrency=config.server.spool_threads,
         )
         self.listeners: list[Listener] = []
+        # handler chains (issue 3): built here, started in start(), stopped in stop()
+        self.dns = DnsService(config.dns)
+        self.chains = load_chains(config).chains
         self._servers: list[asyncio.base_events.Server] = []
         self._stop = asyncio.Event()
         self._direct: DirectDelivery | None = None  # LMTP's delivery, when it listens
@@ -63,27 +87,22 @@ class Server:
         await self.runner.start()  # opens the spool: recovers what a crashed process left
         loop = asyncio.get_running_loop()
         for cfg in self.config.listeners:
+            services = Services(
+                cfg.name, cfg.hello_name, self.data_dir, self.dns, self.store, self.store
+            )
+            await self.chains[cfg.name].start(services)
+        sockets = self._sockets if self._sockets is not None else bind_sockets(self.config)
+        for li, cfg in enumerate(self.config.listeners):
             if not cfg.enabled:
                 continue
-            listener = Listener(cfg, self._context(cfg))
+            listener = Listener(cfg, self._context(cfg), self._limits, li)
             self.listeners.append(listener)
             if cfg.protocol is Protocol.LMTP:
                 await self._start_lmtp(listener)
-            for bind in cfg.binds:
-                family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
-                try:
-                    server = await loop.create_server(
-                        listener.factory,
-                        bind.host,
-                        bind.port,
-                        family=family,
-                        backlog=cfg.connection_backlog,
-                        reuse_address=True,
-                    )
-                except OSError as exc:
-                    raise OSError(
-                        exc.errno, f"listener {cfg.name}: cannot bind {bind}: {exc.strerror}"
-                    ) from exc
+            for bi, bind in enumerate(cfg.binds):
+                server = await loop.create_server(
+                    listener.factory, sock=sockets[li, bi], backlog=cfg.connection_backlog
+                )
                 self._servers.append(server)
                 log.info("listener %s (%s) on %s", cfg.name, cfg.protocol.value, bind)
 
@@ -117,7 +136,7 @@ class Server:
             domains=self.store,
             users=self.store,
             spool=self.spool,
-            hooks=(),
+            hooks=self.chains[cfg.name],
             wake_delivery=self.runner.wake,
         )
 
@@ -141,6 +160,8 @@ class Server:
                     listener.abort_all()
                 break
             await asyncio.sleep(0.05)
+        for chain in self.chains.values():
+            await chain.stop()
         for path, inode in self._unix_sockets:
             remove_unix_socket(path, inode)
         if self._direct is not None:
@@ -150,8 +171,13 @@ class Server:
         self.store.close()
 
 
-async def _serve(config: Config, data_dir: Path) -> None:
-    server = Server(config, data_dir)
+async def _serve(
+    config: Config,
+    data_dir: Path,
+    sockets: dict[tuple[int, int], socket.socket] | None = None,
+    limits: ConnectionLimits | None = None,
+) -> None:
+    server = Server(config, data_dir, sockets=sockets, limits=limits)
     await server.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -163,11 +189,31 @@ async def _serve(config: Config, data_dir: Path) -> None:
     log.info("stopped")
 
 
-def run(config: Config, data_dir: Path) -> None:
-    """Serve until SIGTERM or SIGINT, on uvloop when it is installed."""
+def serve_forever(
+    config: Config,
+    data_dir: Path,
+    sockets: dict[tuple[int, int], socket.socket] | None = None,
+    limits: ConnectionLimits | None = None,
+) -> None:
+    """Serve in this process until SIGTERM or SIGINT, on uvloop when it is installed."""
+    main = _serve(config, data_dir, sockets, limits)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(_serve(config, data_dir))
+        asyncio.run(main)
     else:
-        uvloop.run(_serve(config, data_dir))
+        uvloop.run(main)
+
+
+def run(config: Config, data_dir: Path, workers: int = 1) -> int:
+    """Serve until SIGTERM or SIGINT: in this process, or in ``workers`` processes.
+
+    Returns:
+        the exit status (0 after a clean stop).
+    """
+    if workers <= 1:
+        serve_forever(config, data_dir)
+        return 0
+    from .workers import supervise
+
+    return supervise(config, data_dir, workers)

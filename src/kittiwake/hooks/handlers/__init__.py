@@ -1,0 +1,1 @@
+"""The handlers kittiwake provides, under their James names (see ``hooks/loader.py``)."""
