@@ -276,3 +276,25 @@ def test_the_documented_example_works(tmp_path: Path) -> None:
         asyncio.run(run())
     finally:
         sys.modules.pop(module, None)
+
+
+def test_config_check_names_the_chain_and_the_resolvers(tmp_path: Path) -> None:
+    from kittiwake.config import format_report
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "smtpserver.xml").write_text(
+        "<smtpservers><smtpserver><jmxName>smtp</jmxName><bind>127.0.0.1:2525</bind>"
+        f'<handlerchain coreHandlersPackage="{J}NoAuthCmdHandlerLoader">'
+        f'<handler class="{J}fastfail.ValidRcptHandler"/><handler class="RateLimitHandler"/>'
+        "</handlerchain></smtpserver></smtpservers>"
+    )
+    (conf / "dnsservice.xml").write_text(
+        "<dnsservice><servers><server>127.0.0.1:5353</server></servers>"
+        "<autodiscover>false</autodiscover></dnsservice>"
+    )
+    report = format_report(load_config(conf))
+    assert "    handlers: ValidRcptHandler, RateLimitHandler (core: NoAuthCmdHandlerLoader)" in (
+        report.splitlines()
+    )
+    assert "dns: 127.0.0.1:5353; timeout 5 s" in report.splitlines()

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from kittiwake.config.model import KIB, MIB, Config, ListenerConfig, Protocol, TlsConfig
+from kittiwake.config.model import (
+    KIB,
+    MIB,
+    Config,
+    DnsConfig,
+    ListenerConfig,
+    Protocol,
+    TlsConfig,
+)
 
 __all__ = ["NOT_IMPLEMENTED_PREFIX", "format_report"]
 
@@ -48,7 +56,24 @@ def _listener(listener: ListenerConfig) -> list[str]:
         f"addressBracketsEnforcement: {str(listener.address_brackets_enforcement).lower()}; "
         f"disabledFeatures: {features}",
         f"    tls: {_tls(listener.tls)}; auth.required: {str(listener.auth_required).lower()}",
+        *_handlers(listener),
     ]
+
+
+def _handlers(listener: ListenerConfig) -> list[str]:
+    """The handler chain, in order (only when there is one)."""
+    if not listener.handlers:
+        return []
+    names = ", ".join(h.class_name.rpartition(".")[2] for h in listener.handlers)
+    return [f"    handlers: {names} (core: {listener.core_handlers})"]
+
+
+def _dns(dns: DnsConfig) -> list[str]:
+    if dns == DnsConfig():
+        return []
+    servers = ", ".join(str(s) for s in dns.servers) or "none listed"
+    system = "; and the system's" if dns.autodiscover else ""
+    return [f"dns: {servers}{system}; timeout {_seconds(dns.timeout)}"]
 
 
 def _tls(tls: TlsConfig | None) -> str:
@@ -85,5 +110,6 @@ def format_report(config: Config) -> str:
     lines.append(f"local domains: {', '.join(domains.domain_names) or '(none)'}")
     lines.append(f"default domain: {domains.default_domain}")
     lines.append(f"postmaster: {config.server.postmaster}")
+    lines.extend(_dns(config.dns))
     lines.extend(NOT_IMPLEMENTED_PREFIX + item for item in config.unimplemented)
     return "\n".join(lines)
