@@ -6,7 +6,7 @@
 (b) For every (State, verb) pair the result is the TRANSITIONS entry or a 503 with the
     state unchanged (h2 ``test_state_machines.py``); a refusal by the application leaves
     the state unchanged too.
-(c) Every reply after the greeting, except the HELO/EHLO/LHLO answer and 354, carries an
+(c) Every reply after the greeting, except the HELO/EHLO/LHLO answer, 354 and 334, carries an
     RFC 3463 enhanced status code of the same class as the reply code.
 (d) Message text survives the trip: dot-stuffed DATA and BDAT chunks, cut anywhere.
 """
@@ -23,6 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kittiwake.protocol import (
+    Auth,
+    AuthResponse,
     CoreSettings,
     DataRequested,
     Event,
@@ -77,6 +79,12 @@ TOKENS = [
     b"EXPN staff\r\n",
     b"HELP\r\n",
     b"STARTTLS\r\n",
+    b"AUTH PLAIN\r\n",
+    b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+    b"AUTH LOGIN YWxpY2U=\r\n",
+    b"AUTH X-UNKNOWN\r\n",
+    b"*\r\n",
+    b"c2VjcmV0\r\n",
     b".\r\n",
     b"..\r\n",
     b"text line\r\n",
@@ -100,6 +108,7 @@ core_settings = st.builds(
     max_recipients=st.sampled_from([1, 2, 100]),
     helo_required=st.booleans(),
     starttls=st.booleans(),
+    auth=st.booleans(),
 )
 
 
@@ -153,8 +162,8 @@ def check_status_codes(output: bytes) -> None:
     """Every reply after the greeting but the hello answer and 354 has a status code."""
     for reply in split_replies(output)[1:]:
         first = reply[0]
-        if first[4:] == HOSTNAME or first.startswith("354 "):
-            continue
+        if first[4:] == HOSTNAME or first.startswith(("354 ", "334 ")):
+            continue  # 334's text is the base64 challenge itself (RFC 4954 4)
         for line in reply:
             assert STATUS_LINE.match(line), line
             assert line[0] == line[4], f"class of {line!r}"
@@ -218,13 +227,14 @@ COMMAND = {
     "DATA": b"DATA\r\n",
     "BDAT": b"BDAT 2\r\nab",
     "STARTTLS": b"STARTTLS\r\n",
+    "AUTH": b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",  # alice/secret: 235 at once
 }
 SEQUENCED = list(COMMAND)
 
 
 def reach(state: State, mode: Mode, *, helo_required: bool = True) -> Session:
     """A session in ``state`` (the fake app accepting everything on the way)."""
-    s = Session(mode=mode, helo_required=helo_required, starttls=True)
+    s = Session(mode=mode, helo_required=helo_required, starttls=True, auth=True)
     hello = COMMAND[HELLO[mode][-1]]
     path = {
         State.CONNECTED: b"",
@@ -234,6 +244,7 @@ def reach(state: State, mode: Mode, *, helo_required: bool = True) -> Session:
         State.DATA: hello + COMMAND["MAIL"] + COMMAND["RCPT"] + COMMAND["DATA"],
         State.CHUNKING: hello + COMMAND["MAIL"] + COMMAND["RCPT"] + COMMAND["BDAT"],
         State.TLS_HANDSHAKE: hello + COMMAND["STARTTLS"],
+        State.AUTH: hello + b"AUTH PLAIN\r\n",  # 334: waiting for the response
         State.CLOSED: b"QUIT\r\n",
     }[state]
     if path:
@@ -248,6 +259,8 @@ PAIRS = [
     for state in State
     for verb in SEQUENCED
     if verb not in ("HELO", "EHLO", "LHLO") or verb in HELLO[mode]
+    # LMTP has no AUTH (RFC 2033): the verb is unknown there
+    if mode is Mode.SMTP or (verb != "AUTH" and state is not State.AUTH)
 ]
 
 
@@ -268,6 +281,11 @@ def test_every_state_and_verb(mode: Mode, state: State, verb: str) -> None:
     if state is State.TLS_HANDSHAKE:  # clear text before the handshake: never executed
         assert got == [[str(replies.STARTTLS_INJECTION)]] and s.conn.closed
         assert new_events == ["ConnectionClosed"]
+        return
+    if state is State.AUTH:  # the line is a SASL response, not a command
+        assert new_events[0] == "AuthResponse", new_events
+        assert not got[0][0].startswith("334") and s.conn.state is State.GREETED, got
+        assert not s.conn.authenticated
         return
     target = TRANSITIONS.get((state, verb))
     if target is None:
@@ -314,6 +332,8 @@ def positive(conn: ServerConnection, event: Event) -> Reply | list[Reply]:
         return replies.BYE
     if isinstance(event, StartTLS):
         return replies.READY_TLS
+    if isinstance(event, Auth | AuthResponse):
+        return replies.AUTH_OK
     assert isinstance(event, MailFrom | RcptTo | MessageComplete | Unknown), event
     return replies.OK
 
@@ -325,7 +345,9 @@ def negative(conn: ServerConnection, event: Event) -> Reply | list[Reply]:
     return refusal
 
 
-def expected_state(before: State, step: str, accept: bool, helo_required: bool, tls: bool) -> State:
+def expected_state(
+    before: State, step: str, accept: bool, helo_required: bool, tls: bool, authed: bool = False
+) -> State:
     """The model: the table, a positive reply moves, anything else stays."""
     if before is State.CLOSED:
         return before
@@ -335,6 +357,8 @@ def expected_state(before: State, step: str, accept: bool, helo_required: bool, 
         return State.CLOSED
     if step == "STARTTLS" and tls:
         return before  # 503 TLS already active, whatever the state
+    if step == "STARTTLS" and authed and before is State.GREETED:
+        return before  # 503: no TLS under an authenticated session (RFC 3207 4.2)
     if before is State.DATA:  # every step is message text; only TEXT holds CRLF.CRLF
         return State.GREETED if step == "TEXT" else State.DATA
     if step in ("NOOP", "TEXT"):  # TEXT outside DATA: unknown verbs, nothing moves
@@ -364,13 +388,17 @@ def expected_state(before: State, step: str, accept: bool, helo_required: bool, 
 def test_random_walk_follows_the_table(
     mode: Mode, helo_required: bool, steps: list[tuple[str, bool]]
 ) -> None:
-    settings_ = CoreSettings(HOSTNAME, mode=mode, helo_required=helo_required, starttls=True)
+    settings_ = CoreSettings(
+        HOSTNAME, mode=mode, helo_required=helo_required, starttls=True, auth=True
+    )
     conn = ServerConnection(settings_)
     conn.greeting()
     for step, accept in steps:
         if step in ("HELO", "EHLO", "LHLO") and step not in HELLO[mode]:
             continue
-        before, tls = conn.state, conn.tls
+        if step == "AUTH" and mode is Mode.LMTP:
+            continue
+        before, tls, authed = conn.state, conn.tls, conn.authenticated
         if step == "HANDSHAKE":
             if before is State.TLS_HANDSHAKE:
                 conn.tls_started()
@@ -387,7 +415,7 @@ def test_random_walk_follows_the_table(
                 answer = positive if accept else negative
                 conn.send(answer(conn, event))
         replies_out = split_replies(conn.data_to_send())
-        want = expected_state(before, step, accept, helo_required, tls)
+        want = expected_state(before, step, accept, helo_required, tls, authed)
         assert conn.state is want, (before, step, accept, replies_out)
         if before is State.CLOSED:
             assert replies_out == [] and decisions == 0

@@ -274,6 +274,7 @@ class UsersRepositoryConfig:
     #: (SASL authorization identity); canonical addresses
     administrators: frozenset[str] = frozenset()
 
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything kittiwake read from the configuration directory."""
@@ -289,4 +290,3 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     #: ``usersrepository.xml``
     users: UsersRepositoryConfig = field(default_factory=UsersRepositoryConfig)
-

@@ -505,7 +505,7 @@ class ServerConnection:
         return StartTLS()
 
     def _auth(self, verb: str, arg: str) -> Event | None:
-        if not self.settings.auth:
+        if not self.settings.auth or self.settings.mode is Mode.LMTP:
             return Unknown(verb, arg)  # NoAuthCmdHandlerLoader, LMTP: no such command
         if self.authenticated:
             raise CommandRefused(R.AUTH_ALREADY)  # RFC 4954 4
