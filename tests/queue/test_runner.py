@@ -335,3 +335,53 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tmp_path: Path)
     twice = {t: n for t, n in found.items() if n > 1}
     assert twice == {}
     assert spool_files(tmp_path / "spool") == []
+
+
+def test_remote_recipients_stay_queued(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 5: mail accepted for relay is kept until RemoteDelivery exists: never
+    dropped, never bounced, logged once; local recipients of the same message are
+    delivered at once, and a restart delivers nothing twice."""
+    caplog.set_level(logging.INFO, logger="kittiwake.mail")
+
+    def remote(rcpt: str) -> bool:
+        return not rcpt.lower().endswith("@local.test")
+
+    async def go() -> tuple[str, str]:
+        node = Node(tmp_path, users("alice@local.test"), sweep_interval=3600, retry_base=0.01)
+        node.runner.is_remote = remote
+        await node.runner.start()
+        mixed = await commit(node.spool, body("mixed"), ["alice@local.test", "bob@remote.test"])
+        only = await commit(node.spool, body("relay"), ["carol@remote.test"])
+        await node.runner.wait_idle(10)
+        await asyncio.sleep(0.2)  # no retry timer may spin on them
+        await node.runner.wait_idle(10)
+        assert set(node.runner.held) == {mixed, only}
+        await node.stop()
+        return mixed, only
+
+    mixed, only = asyncio.run(go())
+    assert sorted(tokens(tmp_path, "alice@local.test")) == ["mixed"]
+    assert len(spool_files(tmp_path / "spool")) == 2  # both still queued
+    lines = [r.getMessage() for r in caplog.records if r.name == "kittiwake.mail"]
+    held = [ln for ln in lines if "RemoteDelivery" in ln]
+    assert sorted(held) == sorted(
+        [
+            f"{mixed}: to=<bob@remote.test>, status=deferred, dsn=4.4.0, reason=kept in the "
+            "queue for RemoteDelivery (not implemented yet)",
+            f"{only}: to=<carol@remote.test>, status=deferred, dsn=4.4.0, reason=kept in the "
+            "queue for RemoteDelivery (not implemented yet)",
+        ]
+    )
+    assert not any("status=failed" in ln or "bounce" in ln for ln in lines)
+
+    async def again() -> None:  # a restart: recovered, parked again, alice not twice
+        node = Node(tmp_path, users("alice@local.test"), sweep_interval=3600)
+        node.runner.is_remote = remote
+        await node.runner.start()
+        await node.runner.wait_idle(10)
+        assert set(node.runner.held) == {mixed, only}
+        await node.stop()
+
+    asyncio.run(again())
+    assert sorted(tokens(tmp_path, "alice@local.test")) == ["mixed"]
+    assert len(spool_files(tmp_path / "spool")) == 2

@@ -16,6 +16,12 @@ releases a worker at once. A worker also wakes for retries of deferred recipient
 slots of dead processes (their entries are delivered with the careful, idempotent
 path; see :mod:`kittiwake.delivery.maildir`).
 
+Recipients on other hosts (relayed for an authenticated client, or forwarded by an
+alias) are RemoteDelivery's, which does not exist yet: ``is_remote`` picks them out,
+they are never handed to the deliverer, and their message stays in the spool, parked
+(no retry timer), logged once per process as ``status=deferred``; never dropped, never
+bounced. A restart finds it again (and delivers nothing twice: the journal).
+
 Each message's outcome is logged on ``kittiwake.mail`` the way Postfix does::
 
     0C9N3F2B4X01: to=<bob@a.test>, status=sent, delay=0.12, dsn=2.0.0, mailbox=DATA/mail/a.test/bob
@@ -53,6 +59,7 @@ class SpoolRunner:
         sweep_interval: float = 10.0,
         retry_base: float = 1.0,
         retry_max: float = 300.0,
+        is_remote: Callable[[str], bool] | None = None,
     ) -> None:
         """Args:
         spool: an open spool.
@@ -64,6 +71,8 @@ class SpoolRunner:
         sweep_interval: seconds between looks for dead processes' spool slots.
         retry_base: seconds before the first retry of a deferred recipient; doubles.
         retry_max: longest wait between retries.
+        is_remote: recipient address -> it is for another host (kept in the spool for
+            RemoteDelivery); None = every recipient is local.
         """
         self.spool = spool
         self.deliverer = deliverer
@@ -73,6 +82,9 @@ class SpoolRunner:
         self.sweep_interval = sweep_interval
         self.retry_base = retry_base
         self.retry_max = retry_max
+        self.is_remote = is_remote
+        #: messages waiting only for RemoteDelivery: queue id -> entry (kept in the spool)
+        self.held: dict[str, SpoolEntry] = {}
         self._ready: list[SpoolEntry] = []
         self._retries: list[tuple[float, str, SpoolEntry]] = []  # heap by due time
         self._done: dict[str, set[int]] = {}  # queue id -> finished recipient indexes
@@ -207,20 +219,29 @@ class SpoolRunner:
     async def _deliver(self, loop: asyncio.AbstractEventLoop, batch: list[SpoolEntry]) -> None:
         jobs: list[DeliveryJob] = []
         entries: list[SpoolEntry] = []
-        resolve, done_map = self.resolve, self._done
+        resolve, done_map, is_remote = self.resolve, self._done, self.is_remote
+        held: dict[str, set[int]] = {}  # queue id -> local target indexes of this batch
         for entry in batch:
             env = entry.envelope
             done = done_map.get(env.queue_id)
             try:
-                targets = tuple(
-                    Target(i, rcpt, resolve(rcpt))
+                pending = [
+                    (i, rcpt)
                     for i, rcpt in enumerate(env.recipients)
                     if done is None or i not in done
-                )
+                ]
+                remote = [(i, r) for i, r in pending if is_remote is not None and is_remote(r)]
+                away = {i for i, _ in remote}
+                targets = tuple(Target(i, r, resolve(r)) for i, r in pending if i not in away)
             except Exception:  # a store error must not kill the worker: retry later
                 log.exception("%s: cannot resolve recipients", env.queue_id)
                 self._retry(entry)
                 continue
+            if remote:
+                held[env.queue_id] = {t.index for t in targets}
+                self._hold(entry, remote)
+                if not targets:
+                    continue
             jobs.append(
                 DeliveryJob(
                     env.queue_id,
@@ -235,7 +256,9 @@ class SpoolRunner:
         if not jobs:
             return
         try:
-            finished, unfinished = await loop.run_in_executor(self._pool, self._run, entries, jobs)
+            finished, unfinished = await loop.run_in_executor(
+                self._pool, self._run, entries, jobs, frozenset(held)
+            )
         except Exception:
             log.exception("delivery batch failed; will retry")
             for entry in entries:
@@ -245,8 +268,26 @@ class SpoolRunner:
             self._done.pop(qid, None)
             self._attempts.pop(qid, None)
         for entry, indexes in unfinished:
-            self._done.setdefault(entry.envelope.queue_id, set()).update(indexes)
+            qid = entry.envelope.queue_id
+            self._done.setdefault(qid, set()).update(indexes)
+            local = held.get(qid)
+            if local is not None and local <= self._done[qid]:
+                continue  # only remote recipients left: parked for RemoteDelivery
             self._retry(entry)
+
+    def _hold(self, entry: SpoolEntry, remote: list[tuple[int, str]]) -> None:
+        """Park a message's remote recipients (logged the first time only)."""
+        qid = entry.envelope.queue_id
+        if qid in self.held:
+            return
+        self.held[qid] = entry
+        for _i, rcpt in remote:
+            mail_log.info(
+                "%s: to=<%s>, status=deferred, dsn=4.4.0, reason=kept in the queue for "
+                "RemoteDelivery (not implemented yet)",
+                qid,
+                rcpt,
+            )
 
     def _retry(self, entry: SpoolEntry) -> None:
         qid = entry.envelope.queue_id
@@ -255,16 +296,22 @@ class SpoolRunner:
         heapq.heappush(self._retries, (time.monotonic() + delay, qid, entry))
 
     def _run(
-        self, entries: Sequence[SpoolEntry], jobs: Sequence[DeliveryJob]
+        self,
+        entries: Sequence[SpoolEntry],
+        jobs: Sequence[DeliveryJob],
+        held: frozenset[str] = frozenset(),
     ) -> tuple[list[str], list[tuple[SpoolEntry, set[int]]]]:
         """The thread half: deliver, drop finished entries, log. Touches no runner
         state. Returns the queue IDs finished, and the entries that still have
-        deferred recipients with the indexes finished now."""
+        deferred (or, for queue IDs in ``held``, remote) recipients with the indexes
+        finished now."""
         results = self.deliverer.deliver(jobs)
         finished: list[SpoolEntry] = []
         unfinished: list[tuple[SpoolEntry, set[int]]] = []
         for entry, outcomes in zip(entries, results, strict=True):
-            if all(o.status is not Status.DEFERRED for o in outcomes):
+            if entry.envelope.queue_id not in held and all(
+                o.status is not Status.DEFERRED for o in outcomes
+            ):
                 finished.append(entry)
             else:
                 unfinished.append(
