@@ -225,3 +225,21 @@ def test_smtp_source_lmtp(lmtp: LmtpServer, over: str) -> None:
 )
 def test_outcome_replies(status: Status, dsn: str, want: str) -> None:
     assert str(_reply(Outcome(0, "r@x.test", status, dsn), "Q")).startswith(want)
+
+
+def test_two_workers_share_the_lmtp_sockets(tmp_path: Path) -> None:
+    """The supervisor binds the Unix socket once, before the workers fork; both serve it."""
+    server = make_lmtp(tmp_path)
+    server.kw.env["KITTIWAKE_WORKERS"] = "2"
+    for s in running(server):
+        for i in range(12):
+            where = (str(s.socket_path),) if i % 2 else ("127.0.0.1", s.port)
+            with smtplib.LMTP(*where, timeout=10) as client:
+                message = f"X-N: {i}\r\n\r\nx\r\n"
+                assert client.sendmail("a@remote.test", ["alice@kittiwake.test"], message) == {}
+        assert len(s.kw.messages("alice@kittiwake.test")) == 12
+        log = s.kw.log_text()
+        assert "worker 0 started" in log and "worker 1 started" in log
+        assert "client=[unix]" in log
+        assert s.kw.stop() == 0
+        assert not s.socket_path.exists()

@@ -28,7 +28,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -301,6 +301,18 @@ def bind_unix_socket(cfg: ListenerConfig, path: str) -> tuple[socket.socket, int
         sock.close()
         raise OSError(exc.errno, f"{where}: {exc.strerror}") from exc
     return sock, inode
+
+
+def unix_socket_files(sockets: Iterable[socket.socket]) -> list[tuple[str, int]]:
+    """(path, inode) of each Unix-domain socket among ``sockets``, just bound: what
+    :func:`remove_unix_socket` removes at stop."""
+    files = []
+    for sock in sockets:
+        if sock.family == socket.AF_UNIX:
+            path = sock.getsockname()
+            with contextlib.suppress(OSError):
+                files.append((path, os.lstat(path).st_ino))
+    return files
 
 
 def remove_unix_socket(path: str, inode: int) -> None:

@@ -21,7 +21,7 @@ from kittiwake.storage.sqlite import SqliteStore
 
 from .limits import ConnectionLimits, LocalLimits
 from .listener import Listener
-from .lmtp import bind_unix_socket, lmtp_session_factory, remove_unix_socket
+from .lmtp import lmtp_session_factory, remove_unix_socket, unix_socket_files
 from .recipients import LocalResolver
 from .session import SessionContext
 from .sockets import bind_sockets
@@ -92,13 +92,15 @@ class Server:
             )
             await self.chains[cfg.name].start(services)
         sockets = self._sockets if self._sockets is not None else bind_sockets(self.config)
+        if self._sockets is None:  # bound here: remove the socket files at stop
+            self._unix_sockets = unix_socket_files(sockets.values())
         for li, cfg in enumerate(self.config.listeners):
             if not cfg.enabled:
                 continue
             listener = Listener(cfg, self._context(cfg), self._limits, li)
             self.listeners.append(listener)
             if cfg.protocol is Protocol.LMTP:
-                await self._start_lmtp(listener)
+                await self._start_lmtp(listener, [sockets[li, k] for k in _unix_keys(cfg)])
             for bi, bind in enumerate(cfg.binds):
                 server = await loop.create_server(
                     listener.factory, sock=sockets[li, bi], backlog=cfg.connection_backlog
@@ -106,9 +108,9 @@ class Server:
                 self._servers.append(server)
                 log.info("listener %s (%s) on %s", cfg.name, cfg.protocol.value, bind)
 
-    async def _start_lmtp(self, listener: Listener) -> None:
+    async def _start_lmtp(self, listener: Listener, unix: list[socket.socket]) -> None:
         """LMTP sessions deliver straight into the mailboxes (``lmtp.py``), through
-        the spool runner's Maildir deliverer and journal; bind the Unix sockets."""
+        the spool runner's Maildir deliverer and journal; serve the Unix sockets."""
         if self._direct is None:
             spool = self.spool
 
@@ -120,9 +122,7 @@ class Server:
         resolver = LocalResolver(self.store, self.store, self.config.server.postmaster)
         listener.session_factory = lmtp_session_factory(self._direct, resolver.resolve)
         cfg = listener.config
-        for path in cfg.unix_sockets:
-            sock, inode = bind_unix_socket(cfg, path)
-            self._unix_sockets.append((path, inode))
+        for path, sock in zip(cfg.unix_sockets, unix, strict=True):
             server = await asyncio.get_running_loop().create_unix_server(
                 listener.factory, sock=sock, backlog=cfg.connection_backlog
             )
@@ -203,6 +203,11 @@ def serve_forever(
         asyncio.run(main)
     else:
         uvloop.run(main)
+
+
+def _unix_keys(cfg: ListenerConfig) -> range:
+    """Where a listener's Unix sockets are in ``bind_sockets``'s numbering."""
+    return range(len(cfg.binds), len(cfg.binds) + len(cfg.unix_sockets))
 
 
 def run(config: Config, data_dir: Path, workers: int = 1) -> int:

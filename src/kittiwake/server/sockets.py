@@ -7,6 +7,8 @@ import socket
 
 from kittiwake.config.model import Bind, Config, ListenerConfig
 
+from .lmtp import bind_unix_socket
+
 __all__ = ["bind_sockets"]
 
 
@@ -34,7 +36,8 @@ def bind_socket(cfg: ListenerConfig, bind: Bind) -> socket.socket:
 
 
 def bind_sockets(config: Config) -> dict[tuple[int, int], socket.socket]:
-    """Every enabled listener's sockets, keyed by (listener index, bind index).
+    """Every enabled listener's sockets, keyed by (listener index, bind index); a
+    listener's Unix-domain sockets (``unix_sockets``) come after its TCP binds.
 
     Raises:
         OSError: one cannot be bound (those already bound are closed).
@@ -46,6 +49,8 @@ def bind_sockets(config: Config) -> dict[tuple[int, int], socket.socket]:
                 continue
             for bi, bind in enumerate(cfg.binds):
                 out[li, bi] = bind_socket(cfg, bind)
+            for k, path in enumerate(cfg.unix_sockets):  # LMTP: after the TCP binds
+                out[li, len(cfg.binds) + k] = bind_unix_socket(cfg, path)[0]
     except OSError:
         for sock in out.values():
             sock.close()

@@ -22,6 +22,7 @@ from pathlib import Path
 from kittiwake.config.model import Config
 
 from .limits import SharedLimits
+from .lmtp import remove_unix_socket, unix_socket_files
 from .sockets import bind_sockets
 
 __all__ = ["supervise"]
@@ -49,6 +50,7 @@ def supervise(config: Config, data_dir: Path, workers: int) -> int:
     from .runtime import serve_forever
 
     sockets = bind_sockets(config)
+    unix_files = unix_socket_files(sockets.values())  # LMTP's; removed when all stop
     limits = SharedLimits(len(config.listeners), workers)
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -109,4 +111,6 @@ def supervise(config: Config, data_dir: Path, workers: int) -> int:
             spawn(index)
     for sock in sockets.values():
         sock.close()
+    for path, inode in unix_files:
+        remove_unix_socket(path, inode)
     return status
