@@ -541,3 +541,34 @@ def test_a_bad_handler_stops_the_start(tmp_path: Path, handler: str, reason: str
     assert kw.proc is not None and kw.proc.wait(timeout=30) == 2
     kw.proc = None
     assert reason in kw.log_text()
+
+
+def test_rate_limits_hold_across_two_workers(tmp_path: Path) -> None:
+    """Point 4: two worker processes share one listener; the limit is counted once."""
+    from .conftest import make_kittiwake
+
+    kw = make_kittiwake(
+        tmp_path,
+        '<handlerchain><handler class="RateLimitHandler">'
+        "<connectionsPerMinute>6</connectionsPerMinute>"
+        "<recipientsPerHour>10</recipientsPerHour></handler></handlerchain>",
+        users=("alice@kittiwake.test",),
+    )
+    kw.env["KITTIWAKE_WORKERS"] = "2"
+    kw.start()  # (the readiness probe comes from 127.0.0.1: another client)
+    try:
+        deadline = time.monotonic() + 15
+        while kw.log_text().count("kittiwake ready") < 2:  # both workers accept
+            assert time.monotonic() < deadline, kw.log_text()[-2000:]
+            time.sleep(0.05)
+        replies = []
+        for _ in range(8):
+            c = Client(kw.port, "127.0.4.1")
+            replies.append(c.greeting[:9])
+            c.close()
+        # six in a minute, whichever worker accepted each
+        assert replies == ["220 mx.ki"] * 6 + ["421 4.7.0"] * 2, replies
+        log = kw.log_text()
+        assert "worker 0 started" in log and "worker 1 started" in log
+    finally:
+        assert kw.stop() == 0

@@ -198,3 +198,48 @@ async def test_spam_trap_blocks_across_instances_sharing_data(tmp_path: Path) ->
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_valid_rcpt_handler_modes_with_the_rewrite_table(tmp_path: Path) -> None:
+    from kittiwake.hooks.handlers.recipients import ValidRcptHandler
+    from kittiwake.policy.rewrite import MappingKind, normalize_mapping
+
+    store = MemoryStore()
+    store.add_domain("local.test")
+    store.add_user("alice@local.test", None)
+    for source, target in (
+        ("sales@local.test", "alice@local.test"),  # to a user
+        ("team@local.test", "alice@local.test"),  # to a user and to a ghost
+        ("team@local.test", "ghost@local.test"),
+        ("ext@local.test", "someone@remote.test"),  # forwarded away
+        ("dead@local.test", "ghost@local.test"),  # to nobody
+    ):
+        store.add_mapping(normalize_mapping(MappingKind.ADDRESS, source, target))
+    svc = Services("smtp", "mx.test", tmp_path, DnsService(), store, store)
+
+    async def verdicts(**opts: str) -> dict[str, int]:
+        hook = ValidRcptHandler(options(**opts))
+        await hook.start(svc)
+        out = {}
+        for local in ("alice", "sales", "team", "ext", "dead", "nobody", "postmaster"):
+            result = await hook.on_rcpt(info(), RcptTo(f"{local}@local.test"))
+            out[local] = result.refusal().code if result.refused else 250
+        assert not (await hook.on_rcpt(info(), RcptTo("x@remote.test"))).refused  # not local
+        return out
+
+    assert await verdicts() == {
+        "alice": 250, "sales": 250, "team": 250, "ext": 250, "dead": 250, "nobody": 550,
+        "postmaster": 250,
+    }  # fmt: skip
+    assert await verdicts(recipientRewriteTableCheck="anyMappingValid") == {
+        "alice": 250, "sales": 250, "team": 250, "ext": 250, "dead": 550, "nobody": 550,
+        "postmaster": 250,
+    }  # fmt: skip
+    assert await verdicts(recipientRewriteTableCheck="allMappingsValid") == {
+        "alice": 250, "sales": 250, "team": 550, "ext": 250, "dead": 550, "nobody": 550,
+        "postmaster": 250,
+    }  # fmt: skip
+    assert await verdicts(enableRecipientRewriteTable="false") == {
+        "alice": 250, "sales": 550, "team": 550, "ext": 550, "dead": 550, "nobody": 550,
+        "postmaster": 250,
+    }  # fmt: skip

@@ -6,8 +6,14 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 
+from kittiwake.policy.names import InvalidName, canonical_address, canonical_domain
+from kittiwake.policy.recipients import ROLE_ACCOUNTS
+from kittiwake.policy.rewrite import EMPTY_TABLE, RewriteTable, expand
 from kittiwake.protocol import RcptTo, Reply
+from kittiwake.protocol import replies as R
+from kittiwake.storage.base import DomainStore, UserStore
 
 from .._db import HookDb
 from ..api import Hook, Services, SessionInfo
@@ -27,20 +33,19 @@ log = logging.getLogger("kittiwake.hooks")
 
 
 class ValidRcptHandler(Hook):
-    """James's ``fastfail.ValidRcptHandler``: unknown users of local domains get
-    ``550 5.1.1``.
+    """James's ``fastfail.ValidRcptHandler``: a recipient in a local domain must be a
+    user, or be rewritten by the recipient rewrite table; else ``550 5.1.1``.
 
-    Kittiwake's core rule already does this after every hook, whatever they answered
-    (it cannot be switched off), so this handler is its named form and adds no check.
-    Its options are read and checked as James reads them:
+    Kittiwake's own recipient rule refuses unknown users after every hook, whatever
+    they answered, so this handler is its named form; its options can only make it
+    stricter, as James reads them:
 
-    * ``enableRecipientRewriteTable`` (true): also accept a recipient the rewrite table
-      maps;
-    * ``recipientRewriteTableCheck`` (``mappingExists``, ``anyMappingValid``,
-      ``allMappingsValid``).
+    * ``enableRecipientRewriteTable`` (true): false accepts users only, not aliases;
+    * ``recipientRewriteTableCheck``: ``mappingExists`` (default: any mapping will do),
+      ``anyMappingValid`` (one of the addresses it expands to must be a user here, or
+      be outside the local domains), ``allMappingsValid`` (all of them must).
 
-    Kittiwake has no recipient rewrite table yet: no mapping exists, so every mode
-    accepts exactly the users (and postmaster/abuse).
+    Postmaster and abuse (RFC 5321 4.5.1, RFC 2142) are always valid.
     """
 
     def __init__(self, options: HandlerOptions) -> None:
@@ -52,9 +57,55 @@ class ValidRcptHandler(Hook):
                 "<recipientRewriteTableCheck>",
                 f"{self.rewrite_check!r} is not one of {', '.join(_RRT_CHECKS)}",
             )
+        self.domains: DomainStore | None = None
+        self.users: UserStore | None = None
+        self.table: Callable[[], RewriteTable] | None = None
+
+    async def start(self, services: Services) -> None:
+        self.domains, self.users = services.domains, services.users
+        # the store that holds users holds the rewrite table too (storage.RewriteStore)
+        self.table = getattr(services.users, "rewrite_table", None)
 
     async def on_rcpt(self, session: SessionInfo, rcpt: RcptTo) -> HookResult:
-        return DECLINED  # the core rule decides (policy/recipients.py)
+        if self.domains is None or self.users is None:
+            return DECLINED
+        local, at, domain = rcpt.address.rpartition("@")
+        if not at:
+            return DECLINED  # a bare <postmaster>
+        try:
+            domain = canonical_domain(domain)
+        except InvalidName:
+            return DECLINED  # not local: the relay rule decides
+        table = self.table() if self.table is not None else EMPTY_TABLE
+        if not (self.domains.contains_domain(domain) or table.is_alias_domain(domain)):
+            return DECLINED
+        key = f"{local.lower()}@{domain}"
+        if local.lower() in ROLE_ACCOUNTS or self._valid(key):
+            return DECLINED
+        if not self.rewrite_table or not table.has_mapping(key):
+            return HookResult.deny(R.NO_SUCH_USER)
+        if self.rewrite_check == "mappingExists":
+            return DECLINED
+        expansion = expand(key, table)
+        if expansion.loop:
+            return DECLINED  # kittiwake's own rule refuses loops
+        targets = [self._valid(address, remote_ok=True) for address in expansion.addresses]
+        ok = any(targets) if self.rewrite_check == "anyMappingValid" else all(targets)
+        return DECLINED if ok and targets else HookResult.deny(R.NO_SUCH_USER)
+
+    def _valid(self, address: str, *, remote_ok: bool = False) -> bool:
+        """A user here; with ``remote_ok``, also any address outside the local domains."""
+        assert self.domains is not None and self.users is not None
+        try:
+            key = canonical_address(address)
+        except InvalidName:
+            return False
+        if self.users.contains_user(key):
+            return True
+        local, _, domain = key.rpartition("@")
+        if local in ROLE_ACCOUNTS and self.domains.contains_domain(domain):
+            return True
+        return remote_ok and not self.domains.contains_domain(domain)
 
 
 class MaxRcptHandler(Hook):
