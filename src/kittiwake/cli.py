@@ -51,6 +51,28 @@ def _parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("KITTIWAKE_WORKERS", "1")),
         help="worker processes sharing the listeners, limits and spool (default 1)",
     )
+    serve.add_argument(
+        "--user",
+        default=os.environ.get("KITTIWAKE_USER"),
+        help="started as root, run as this user after binding the ports (default: "
+        "$KITTIWAKE_USER, else <user> in kittiwake.xml, else kittiwake)",
+    )
+
+    cert = sub.add_parser("cert", help="TLS certificates")
+    cert_sub = cert.add_subparsers(dest="action", required=True)
+    selfsigned = cert_sub.add_parser(
+        "selfsigned",
+        parents=[common],
+        help="write a key and a self-signed certificate for the hello name under DATA/tls/",
+    )
+    selfsigned.add_argument("--name", help="the name (default: the first listener's helloName)")
+    selfsigned.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    selfsigned.add_argument("--force", action="store_true", help="replace an existing pair")
+    cert_sub.add_parser(
+        "reload",
+        parents=[common],
+        help="make the running server reload its certificates (SIGHUP); no connection drops",
+    )
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="action", required=True)
@@ -84,10 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = Path(args.data)
     try:
         if args.command == "serve":
-            return _serve(config, data, args.log_level, args.workers)
+            return _serve(config, data, args.log_level, args.workers, args.user)
         if args.command == "config":
             print(format_report(config))
-            return 0
+            return _check_certificates(config)
+        if args.command == "cert":
+            return _cert(config, data, args)
         if args.command == "domain":
             return _domain(config, data, args.action, getattr(args, "name", None))
         if args.command == "user":
@@ -115,7 +139,7 @@ class _Failure(Exception):
     """A command failed for a reason the user can fix; printed without a traceback."""
 
 
-def _serve(config: Config, data: Path, level: str, workers: int) -> int:
+def _serve(config: Config, data: Path, level: str, workers: int, user: str | None) -> int:
     from kittiwake.server.runtime import run
 
     logging.basicConfig(
@@ -125,11 +149,97 @@ def _serve(config: Config, data: Path, level: str, workers: int) -> int:
     )
     for item in config.unimplemented:
         logging.getLogger("kittiwake.config").warning("not implemented yet, ignored: %s", item)
+    from kittiwake.server.privileges import PrivilegeError
+    from kittiwake.server.tls import TlsStartError
+
     try:
-        return run(config, data, workers)
-    except OSError as exc:
+        return run(config, data, workers, user)
+    except (OSError, PrivilegeError, TlsStartError) as exc:
         print(f"kittiwake: {exc}", file=sys.stderr)
         return 1
+
+
+def _check_certificates(config: Config) -> int:
+    """``config check``: load every listener's certificate (not the self-signed ones,
+    which live under DATA), so that a bad file shows before a start."""
+    from kittiwake.tls import TlsError, build_context, expiry_warning
+
+    status = 0
+    for listener in config.listeners:
+        tls = listener.tls
+        if tls is None or tls.self_signed or not listener.enabled:
+            continue
+        try:
+            _, identity = build_context(tls)
+        except TlsError as exc:
+            print(
+                f"kittiwake: listener {listener.name}: <tls>/<{exc.element}>: {exc.reason}",
+                file=sys.stderr,
+            )
+            status = 2
+            continue
+        print(
+            f"certificate of {listener.name}: {identity.subject}, "
+            f"valid until {identity.not_after:%Y-%m-%d %H:%M} UTC"
+        )
+        warning = expiry_warning(identity)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    return status
+
+
+def _cert(config: Config, data: Path, args: argparse.Namespace) -> int:
+    if args.action == "selfsigned":
+        from kittiwake.tls import SelfSigned, generate_self_signed
+
+        name = args.name or (config.listeners[0].hello_name if config.listeners else "localhost")
+        pair = SelfSigned(data, name)
+        if pair.exists() and not args.force:
+            raise _Failure(f"{pair.cert} exists already (--force replaces it)")
+        if args.days < 1:
+            raise _Failure("--days must be at least 1")
+        cert = generate_self_signed(pair.key, pair.cert, name, days=args.days)
+        print(f"wrote {pair.key} (private key, mode 0600)")
+        until = f"{cert.not_valid_after_utc:%Y-%m-%d}"
+        print(f"wrote {pair.cert} (self-signed for {name}, valid until {until})")
+        print(
+            'use them in smtpserver.xml: <tls startTLS="true"><privateKey>'
+            f"{pair.key.resolve()}</privateKey><certificates>{pair.cert.resolve()}"
+            "</certificates></tls>"
+        )
+        return 0
+    return _reload(data)
+
+
+def _reload(data: Path) -> int:
+    """Send SIGHUP to the server whose pid DATA/kittiwake.pid holds."""
+    import signal
+
+    from kittiwake.server.runtime import PID_FILE
+
+    pid_file = data / PID_FILE
+    try:
+        pid = int(pid_file.read_text().strip())
+    except FileNotFoundError:
+        raise _Failure(f"no {pid_file}: is kittiwake running with --data {data}?") from None
+    except (OSError, ValueError) as exc:
+        raise _Failure(f"cannot read {pid_file}: {exc}") from None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        raise _Failure(f"kittiwake (pid {pid} in {pid_file}) is not running") from None
+    except OSError:
+        cmdline = b"kittiwake"  # no /proc: trust the pid file
+    if b"kittiwake" not in cmdline:
+        raise _Failure(f"pid {pid} in {pid_file} is not kittiwake (a stale pid file?)")
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise _Failure(f"kittiwake (pid {pid}) is not running") from None
+    except PermissionError:
+        raise _Failure(f"not allowed to signal pid {pid}: run as root or as its user") from None
+    print(f"asked kittiwake (pid {pid}) to reload its certificates; its log tells the result")
+    return 0
 
 
 def _store(config: Config, data: Path):  # type: ignore[no-untyped-def]

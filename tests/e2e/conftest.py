@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 KITTIWAKE = [sys.executable, "-m", "kittiwake.cli"]
+#: Tests run as root (CI containers) keep root: their data directories live in root's
+#: private temporary directory. tests/e2e/test_tls.py covers the drop to another user.
+AS_ROOT = {"KITTIWAKE_USER": "root"} if os.geteuid() == 0 else {}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,7 +94,7 @@ class Kittiwake:
             [*KITTIWAKE, "serve", "--conf", str(self.conf), "--data", str(self.data)],
             stdout=logf,
             stderr=logf,
-            env={**os.environ, **self.env},
+            env={**AS_ROOT, **os.environ, **self.env},
         )
         if wait:
             wait_for_port(self.port, self.proc)

@@ -399,13 +399,17 @@ class MaildirDeliverer:
         _copy_into(src, f"{box.tmp}/{name}", dst, owner)
 
 
-def _copy_into(src: str, tmp: str, dst: str) -> None:
+def _copy_into(src: str, tmp: str, dst: str, owner: MaildirOwner | None = None) -> None:
     """Copy ``src`` to ``tmp``, fsync, rename to ``dst`` (the classic Maildir write)."""
     fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
         # O_TRUNC: a tmp file left by a crash mid-copy is simply overwritten.
         fd_out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
+            if owner is not None and (owner.uid != -1 or owner.gid != -1):
+                os.fchown(fd_out, owner.uid, owner.gid)
+            if owner is not None and owner.mode is not None:
+                os.fchmod(fd_out, owner.mode)
             remaining = os.fstat(fd_in).st_size
             while remaining > 0:
                 try:

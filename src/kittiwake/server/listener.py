@@ -71,14 +71,12 @@ class Listener:
         #: seconds a TLS handshake may take (kittiwake.xml ``tlsHandshakeTimeout``)
         self.handshake_timeout = 30.0
 
-    def server_options(self) -> dict[str, object]:
-        """``create_server`` options: implicit TLS (socketTLS, RFC 8314) wraps every
-        connection before ``connection_made``; a handshake that fails or times out
-        closes that connection only."""
+    def implicit_tls(self) -> ssl.SSLContext | None:
+        """The context for ``create_server(ssl=...)`` on an implicit TLS listener
+        (socketTLS, RFC 8314): every connection is wrapped before ``connection_made``;
+        a handshake that fails or times out closes that connection only."""
         tls = self.config.tls
-        if tls is None or tls.starttls or self.ssl_context is None:
-            return {}
-        return {"ssl": self.ssl_context, "ssl_handshake_timeout": self.handshake_timeout}
+        return None if tls is None or tls.starttls else self.ssl_context
 
     def factory(self) -> Connection:
         return Connection(self)
@@ -175,7 +173,9 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.core.receive_data(b"")
         self._wake()
-        return True  # keep the transport open until we have written our last reply
+        # Keep the transport open until we have written our last reply (TLS cannot
+        # half-close: asyncio ignores the answer there, and warns about True).
+        return not self.core.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.core.receive_data(b"")

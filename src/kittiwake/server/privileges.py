@@ -35,6 +35,7 @@ __all__ = [
     "maildir_owner",
     "prepare",
     "run_as",
+    "share_data_dir",
 ]
 
 log = logging.getLogger("kittiwake")
@@ -179,3 +180,16 @@ def drop(who: RunAs) -> None:
     else:  # pragma: no cover - a kernel that lets us back is not one to run on
         raise PrivilegeError("could regain root after dropping privileges")
     log.info("dropped privileges: running as %s (uid %d, gid %d)", who.name, who.uid, who.gid)
+
+
+def share_data_dir(data_dir: Path, owner: MaildirOwner) -> None:
+    """With a Maildir group (``<maildir gid>``), let that group reach ``DATA/mail``:
+    DATA gets the group and its search bit (0710), nothing more; everything else in DATA
+    keeps its own, private mode."""
+    if owner.gid == -1:
+        return
+    st = os.stat(data_dir)
+    if st.st_gid != owner.gid:
+        os.chown(data_dir, -1, owner.gid)
+    if not st.st_mode & 0o010:
+        os.chmod(data_dir, (st.st_mode & 0o7777) | 0o010)
