@@ -343,3 +343,22 @@ def test_message_header_names_and_values_are_checked() -> None:
         message.set_header("X-Ok", "two\r\nlines")
     with pytest.raises(RuntimeError):
         message.path()
+
+
+async def test_hooks_that_wait_several_times_or_fail_after_waiting() -> None:
+    class Steps(Hook):
+        async def on_helo(self, session: SessionInfo, name: str) -> HookResult:
+            for _ in range(3):
+                await asyncio.sleep(0)
+            fut: asyncio.Future[HookResult] = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(fut.set_result, HookResult.deny(CUSTOM))
+            return await fut
+
+    class LateFailure(Hook):
+        async def on_helo(self, session: SessionInfo, name: str) -> HookResult:
+            await asyncio.sleep(0.01)
+            raise ValueError("late")
+
+    assert (await Chain([Steps()]).run("on_helo", info(), "x")).refusal() is CUSTOM
+    result = await Chain([LateFailure()]).run("on_helo", info(), "x")
+    assert result.refusal().status == "4.3.0"
