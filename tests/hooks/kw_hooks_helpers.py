@@ -34,7 +34,11 @@ def store() -> MemoryStore:
 
 @contextlib.asynccontextmanager
 async def session(
-    tmp_path: Path, hooks: list[Any], ip: str = "192.0.2.10", **chain_kw: Any
+    tmp_path: Path,
+    hooks: list[Any],
+    ip: str = "192.0.2.10",
+    ctx_kw: dict[str, Any] | None = None,
+    **chain_kw: Any,
 ) -> AsyncIterator[Session]:
     spool = Spool(tmp_path / "spool", threads=1)
     spool.open()
@@ -47,6 +51,7 @@ async def session(
         spool=spool,
         hooks=Chain(hooks, **chain_kw),
         wake_delivery=lambda: None,
+        **(ctx_kw or {}),
     )
     info = SessionInfo("smtp", "SMTP", ip, 40000, "t.1")
     sess = Session(ctx, info)

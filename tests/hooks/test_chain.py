@@ -194,6 +194,15 @@ async def test_ok_from_a_hook_never_opens_relaying(tmp_path: Path) -> None:
         assert (await rcpt(s, "alice@kittiwake.test")).code == 250  # core rule passes
 
 
+async def test_ok_from_a_hook_never_skips_auth_required(tmp_path: Path) -> None:
+    """auth.required (a submission port): an anonymous MAIL FROM gets 530 even when a
+    hook says OK."""
+    async with session(tmp_path, [Answer(OK)], ctx_kw={"auth_required": True}) as s:
+        await greet(s)
+        reply = await mail(s, "alice@kittiwake.test")
+        assert (reply.code, reply.status) == (530, "5.7.0")
+
+
 async def test_deny_and_denysoft_with_own_reply_and_defaults(tmp_path: Path) -> None:
     async with session(tmp_path, [Answer(HookResult.deny(CUSTOM))]) as s:
         assert await greet(s) == CUSTOM
