@@ -10,10 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from kittiwake.queue._envelope import Envelope
+from typing import Protocol
 
 __all__ = ["Deliverer", "DeliveryJob", "Outcome", "Status", "Target"]
 
@@ -54,8 +51,6 @@ class DeliveryJob:
     recovered: bool
     #: the recipients still to deliver
     targets: tuple[Target, ...]
-    #: the spool envelope (sender, client, AUTH...), for the mailet container
-    envelope: Envelope | None = None
 
 
 @dataclass(frozen=True, slots=True)

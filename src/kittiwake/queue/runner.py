@@ -250,7 +250,6 @@ class SpoolRunner:
                     env.size,
                     entry.recovered,
                     targets,
-                    env,
                 )
             )
             entries.append(entry)

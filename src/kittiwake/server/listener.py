@@ -212,7 +212,10 @@ class Connection(asyncio.Protocol):
             while True:
                 for event in core.events():
                     if event.needs_reply:
-                        core.send(await session.decide(event))
+                        reply = await session.decide(event)
+                        if core.closed:  # closed while deciding (a hook's timer, abort)
+                            break
+                        core.send(reply)
                         if session.disconnect and not core.closed:  # a hook asked for it
                             closing = core.close()  # the reply just given, then nothing
                             if not transport.is_closing():
