@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from kittiwake.queue._envelope import Envelope
 
 __all__ = ["Deliverer", "DeliveryJob", "Outcome", "Status", "Target"]
 
@@ -51,6 +54,8 @@ class DeliveryJob:
     recovered: bool
     #: the recipients still to deliver
     targets: tuple[Target, ...]
+    #: the spool envelope (sender, client, AUTH...), for the mailet container
+    envelope: Envelope | None = None
 
 
 @dataclass(frozen=True, slots=True)

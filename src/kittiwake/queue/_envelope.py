@@ -41,6 +41,13 @@ class Envelope:
     protocol: str
     #: bytes of message data in the spool file (trace headers included)
     size: int
+    #: the SASL-authenticated user ("" if none); the mailet container's SMTPAuthUserIs
+    auth_user: str = ""
+    #: the client was in ``authorizedAddresses`` (SMTPIsAuthNetwork)
+    auth_network: bool = False
+    #: the mailet processor to start in ("" = root); set when a repository mail is
+    #: reprocessed into a chosen processor
+    state: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +82,22 @@ def encode_record(env: Envelope) -> bytes:
             "t": env.received_at,
             "proto": env.protocol,
             "size": env.size,
+            **_optional(env),
         }
     ).encode("ascii")
     return b"\n%s\t%08x" % (body, zlib.crc32(body))
+
+
+def _optional(env: Envelope) -> dict[str, Any]:
+    """The fields written only when set (records stay short and older ones readable)."""
+    out: dict[str, Any] = {}
+    if env.auth_user:
+        out["auth"] = env.auth_user
+    if env.auth_network:
+        out["authnet"] = True
+    if env.state:
+        out["state"] = env.state
+    return out
 
 
 def decode_record(line: bytes) -> Envelope | None:
@@ -100,6 +120,9 @@ def decode_record(line: bytes) -> Envelope | None:
             received_at=float(obj["t"]),
             protocol=str(obj["proto"]),
             size=int(obj["size"]),
+            auth_user=str(obj.get("auth", "")),
+            auth_network=bool(obj.get("authnet", False)),
+            state=str(obj.get("state", "")),
         )
     except (ValueError, KeyError, TypeError):
         return None

@@ -250,6 +250,7 @@ class SpoolRunner:
                     env.size,
                     entry.recovered,
                     targets,
+                    env,
                 )
             )
             entries.append(entry)

@@ -1,9 +1,17 @@
-"""Start, run and stop the whole server: stores, spool, delivery, listeners, signals."""
+"""Start, run and stop the whole server: stores, spool, delivery, listeners, signals.
+
+The order at start matters for security (``privileges.py``): bind the listening
+sockets and load the TLS certificates while still root (ports below 1024, keys only root
+reads), hand DATA to the unprivileged user, drop to it, and only then open the stores and
+the spool. SIGHUP (``kittiwake cert reload``) reloads the certificates in place.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import socket
 from pathlib import Path
@@ -11,7 +19,7 @@ from pathlib import Path
 from kittiwake.config.model import Config, ListenerConfig, Protocol
 from kittiwake.delivery.direct import DirectDelivery
 from kittiwake.delivery.journal import Journal
-from kittiwake.delivery.maildir import MaildirDeliverer
+from kittiwake.delivery.maildir import MaildirDeliverer, MaildirOwner
 from kittiwake.dnsservice import DnsService
 from kittiwake.hooks.api import Services
 from kittiwake.hooks.loader import load_chains
@@ -22,11 +30,16 @@ from kittiwake.storage.sqlite import SqliteStore
 from .limits import ConnectionLimits, LocalLimits
 from .listener import Listener
 from .lmtp import lmtp_session_factory, remove_unix_socket, unix_socket_files
+from .privileges import drop, maildir_owner, prepare, run_as, share_data_dir
 from .recipients import LocalResolver
 from .session import SessionContext
 from .sockets import bind_sockets
+from .tls import TlsContexts, TlsStartError
 
-__all__ = ["Server", "run"]
+__all__ = ["PID_FILE", "Server", "run"]
+
+#: in DATA: the process that takes SIGHUP (``kittiwake cert reload``) and SIGTERM
+PID_FILE = "kittiwake.pid"
 
 log = logging.getLogger("kittiwake")
 
@@ -41,6 +54,8 @@ class Server:
         *,
         sockets: dict[tuple[int, int], socket.socket] | None = None,
         limits: ConnectionLimits | None = None,
+        tls: TlsContexts | None = None,
+        maildir: MaildirOwner | None = None,
     ) -> None:
         """Args:
         config: the loaded configuration.
@@ -48,12 +63,22 @@ class Server:
         sockets: listening sockets bound by a supervisor, keyed by (listener index,
             bind index); None = bind them here.
         limits: connection counts shared with other workers; None = this process only.
+        tls: the listeners' TLS contexts, built before privileges were dropped; None =
+            build them here.
+        maildir: owner, group and mode of delivered mail (kittiwake.xml <maildir>).
+
+        Raises:
+            TlsStartError: a listener's certificate cannot be loaded.
         """
         self.config = config
         self.data_dir = data_dir
         self._sockets = sockets
         self._limits = limits if limits is not None else LocalLimits()
         data_dir.mkdir(parents=True, exist_ok=True)
+        if tls is None:
+            tls = TlsContexts(data_dir)
+            tls.build(config.listeners)
+        self.tls = tls
         # CLI changes are seen within a quarter second; checking the database on every
         # RCPT costs a GIL hand-off per lookup (measured: a sixth of the loop thread).
         self.store = SqliteStore(data_dir / "kittiwake.db", refresh_interval=0.25)
@@ -63,9 +88,12 @@ class Server:
         self.journal = Journal(data_dir / "journal")
         resolver = LocalResolver(self.store, self.store, config.server.postmaster)
         hostname = config.listeners[0].hello_name if config.listeners else None
+        deliverer = MaildirDeliverer(data_dir / "mail", self.journal, hostname=hostname)
+        if maildir is not None and maildir.active:
+            deliverer.owner = maildir
         self.runner = SpoolRunner(
             self.spool,
-            MaildirDeliverer(data_dir / "mail", self.journal, hostname=hostname),
+            deliverer,
             resolver.resolve,
             concurrency=config.server.spool_threads,
         )
@@ -98,12 +126,21 @@ class Server:
             if not cfg.enabled:
                 continue
             listener = Listener(cfg, self._context(cfg), self._limits, li)
+            listener.ssl_context = self.tls.context(cfg.name)
+            if cfg.tls is not None and listener.ssl_context is None:  # fail closed
+                raise TlsStartError(f"listener {cfg.name}: no TLS context was built")
+            listener.handshake_timeout = self.config.server.tls_handshake_timeout
             self.listeners.append(listener)
             if cfg.protocol is Protocol.LMTP:
                 await self._start_lmtp(listener, [sockets[li, k] for k in _unix_keys(cfg)])
+            implicit = listener.implicit_tls()
             for bi, bind in enumerate(cfg.binds):
                 server = await loop.create_server(
-                    listener.factory, sock=sockets[li, bi], backlog=cfg.connection_backlog
+                    listener.factory,
+                    sock=sockets[li, bi],
+                    backlog=cfg.connection_backlog,
+                    ssl=implicit,
+                    ssl_handshake_timeout=listener.handshake_timeout if implicit else None,
                 )
                 self._servers.append(server)
                 log.info("listener %s (%s) on %s", cfg.name, cfg.protocol.value, bind)
@@ -138,10 +175,16 @@ class Server:
             spool=self.spool,
             hooks=self.chains[cfg.name],
             wake_delivery=self.runner.wake,
+            auth_required=cfg.auth_required,
         )
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def reload_certificates(self) -> None:
+        """SIGHUP: reload every listener's certificate; no connection is dropped."""
+        log.info("SIGHUP: reloading certificates")
+        self.tls.reload()
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
@@ -176,12 +219,15 @@ async def _serve(
     data_dir: Path,
     sockets: dict[tuple[int, int], socket.socket] | None = None,
     limits: ConnectionLimits | None = None,
+    tls: TlsContexts | None = None,
+    maildir: MaildirOwner | None = None,
 ) -> None:
-    server = Server(config, data_dir, sockets=sockets, limits=limits)
+    server = Server(config, data_dir, sockets=sockets, limits=limits, tls=tls, maildir=maildir)
     await server.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
     log.info("kittiwake ready, data in %s", data_dir)
     await server.wait_stopped()
     log.info("stopping: closing listeners, finishing open transactions")
@@ -194,9 +240,11 @@ def serve_forever(
     data_dir: Path,
     sockets: dict[tuple[int, int], socket.socket] | None = None,
     limits: ConnectionLimits | None = None,
+    tls: TlsContexts | None = None,
+    maildir: MaildirOwner | None = None,
 ) -> None:
     """Serve in this process until SIGTERM or SIGINT, on uvloop when it is installed."""
-    main = _serve(config, data_dir, sockets, limits)
+    main = _serve(config, data_dir, sockets, limits, tls, maildir)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -210,15 +258,53 @@ def _unix_keys(cfg: ListenerConfig) -> range:
     return range(len(cfg.binds), len(cfg.binds) + len(cfg.unix_sockets))
 
 
-def run(config: Config, data_dir: Path, workers: int = 1) -> int:
+def run(config: Config, data_dir: Path, workers: int = 1, user: str | None = None) -> int:
     """Serve until SIGTERM or SIGINT: in this process, or in ``workers`` processes.
+
+    Started as root: bind, load certificates, hand DATA over, drop to the user (see the
+    module doc), then serve.
+
+    Args:
+        user: run as this user when started as root (``--user``); None: kittiwake.xml's
+            ``<user>``, else ``kittiwake``.
 
     Returns:
         the exit status (0 after a clean stop).
-    """
-    if workers <= 1:
-        serve_forever(config, data_dir)
-        return 0
-    from .workers import supervise
 
-    return supervise(config, data_dir, workers)
+    Raises:
+        PrivilegeError: the user or a Maildir owner is unusable.
+        TlsStartError: a listener's certificate cannot be loaded.
+        OSError: a listener cannot bind its address.
+    """
+    who = run_as(config.server, user)
+    owner = maildir_owner(config.server, who)
+    sockets = bind_sockets(config)
+    unix_files = unix_socket_files(sockets.values())  # LMTP's, removed at the end
+    try:
+        data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        tls = TlsContexts(data_dir)
+        tls.build(config.listeners)  # as root: keys only root may read load too
+        if who is not None:
+            prepare(data_dir, who, owner)
+            drop(who)
+        share_data_dir(data_dir, owner)
+    except BaseException:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    pid_file = data_dir / PID_FILE
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        if workers <= 1:
+            serve_forever(config, data_dir, sockets, tls=tls, maildir=owner)
+            return 0
+        from .workers import supervise
+
+        return supervise(config, data_dir, workers, sockets=sockets, tls=tls, maildir=owner)
+    finally:
+        if workers <= 1:  # bound by run(), not by the Server (a supervisor removes its own)
+            for path, inode in unix_files:
+                remove_unix_socket(path, inode)
+        with contextlib.suppress(OSError):
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()

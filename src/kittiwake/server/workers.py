@@ -16,14 +16,17 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
 from kittiwake.config.model import Config
+from kittiwake.delivery.maildir import MaildirOwner
 
 from .limits import SharedLimits
 from .lmtp import remove_unix_socket, unix_socket_files
 from .sockets import bind_sockets
+from .tls import TlsContexts
 
 __all__ = ["supervise"]
 
@@ -41,15 +44,30 @@ def _die_with_parent() -> None:
         pass
 
 
-def supervise(config: Config, data_dir: Path, workers: int) -> int:
-    """Run ``workers`` worker processes until SIGTERM/SIGINT.
+def supervise(
+    config: Config,
+    data_dir: Path,
+    workers: int,
+    *,
+    sockets: dict[tuple[int, int], socket.socket] | None = None,
+    tls: TlsContexts | None = None,
+    maildir: MaildirOwner | None = None,
+) -> int:
+    """Run ``workers`` worker processes until SIGTERM/SIGINT; SIGHUP (certificate
+    reload) is passed on to every worker.
+
+    Args:
+        sockets: bound already (before privileges were dropped); None: bind them here.
+        tls: the listeners' TLS contexts, loaded already; None: each worker loads them.
+        maildir: owner and mode of delivered mail.
 
     Returns:
         0 when every worker stopped cleanly, else 1.
     """
     from .runtime import serve_forever
 
-    sockets = bind_sockets(config)
+    if sockets is None:
+        sockets = bind_sockets(config)
     unix_files = unix_socket_files(sockets.values())  # LMTP's; removed when all stop
     limits = SharedLimits(len(config.listeners), workers)
     children: dict[int, int] = {}  # pid -> worker index
@@ -67,8 +85,9 @@ def supervise(config: Config, data_dir: Path, workers: int) -> int:
                     os._exit(1)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop takes it
                 limits.bind_worker(index)
-                serve_forever(config, data_dir, sockets, limits)
+                serve_forever(config, data_dir, sockets, limits, tls, maildir)
                 code = 0
             except BaseException:
                 log.exception("worker %d failed", index)
@@ -85,8 +104,14 @@ def supervise(config: Config, data_dir: Path, workers: int) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    def reload(signum: int, _frame: object) -> None:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, reload)
     for index in range(workers):
         spawn(index)
     while children:

@@ -1,0 +1,235 @@
+"""Mail repositories: where mails that are not delivered are kept (error,
+address-error, relay-denied, relay-limit-exceeded, ...), under ``DATA/repositories/``.
+
+A James repository URL (``file://var/mail/error/``, ``cassandra://var/mail/error/``)
+names a repository; kittiwake keeps every one as files whatever the protocol, under the
+path without ``var/mail/`` (``DATA/repositories/error/``).
+
+A stored mail is two files named by its key: ``<key>.eml`` (the message) and
+``<key>.json`` (envelope, state, error message, attributes). Each is written to a
+temporary name, fsynced and renamed; the ``.json`` last, so a mail exists once its
+``.json`` does, and the directory is fsynced before :meth:`MailRepository.store`
+returns. The key is a function of the mail (its name, state and recipients), so
+storing the same mail again after a crash overwrites it instead of keeping two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kittiwake.mailet.api import Mail
+from kittiwake.mailet.message import Message
+
+__all__ = ["MailRepository", "RepositoryStore", "StoredMail", "repository_name"]
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def repository_name(url: str) -> str:
+    """``file://var/mail/error/`` -> ``error``; ``file://a/b/`` -> ``a-b``."""
+    _, sep, path = url.partition("://")
+    if not sep:
+        path = url
+    path = path.strip("/")
+    for prefix in ("var/mail/", "mail/"):
+        if path.startswith(prefix):
+            path = path[len(prefix) :]
+            break
+    name = _SAFE.sub("-", path.replace("/", "-")).strip("-.")
+    return name or "default"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMail:
+    """One mail in a repository, as listed."""
+
+    key: str
+    name: str
+    sender: str | None
+    recipients: tuple[str, ...]
+    state: str
+    error_message: str | None
+    stored_at: float
+    size: int
+
+
+class MailRepository:
+    """One repository directory."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.path = root / name
+
+    def _ensure(self) -> None:
+        if not self.path.is_dir():
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _fsync_dir(self.path.parent)
+
+    @staticmethod
+    def key_for(mail: Mail) -> str:
+        """The deterministic key of ``mail`` (name, state, recipients)."""
+        digest = hashlib.sha1(
+            "\0".join([mail.state, *mail.recipients]).encode("utf-8", "surrogateescape")
+        ).hexdigest()[:10]
+        return f"{_SAFE.sub('_', mail.name)}-{digest}"
+
+    def store(self, mail: Mail) -> str:
+        """Store ``mail`` durably (*blocking*); returns its key.
+
+        Raises:
+            OSError: it could not be written.
+        """
+        self._ensure()
+        key = self.key_for(mail)
+        data = mail.message.as_bytes()
+        meta = {
+            "name": mail.name,
+            "sender": mail.sender,
+            "recipients": mail.recipients,
+            "state": mail.state,
+            "error_message": mail.error_message,
+            "remote_addr": mail.remote_addr,
+            "remote_host": mail.remote_host,
+            "auth_user": mail.auth_user,
+            "received_at": mail.received_at,
+            "stored_at": time.time(),
+            "attributes": {k: v for k, v in mail.attributes.items() if _jsonable(v)},
+        }
+        _write_file(self.path / f"{key}.eml", data)
+        _write_file(self.path / f"{key}.json", json.dumps(meta).encode())
+        _fsync_dir(self.path)
+        return key
+
+    def keys(self) -> list[str]:
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        return sorted(n[:-5] for n in names if n.endswith(".json"))
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def _meta(self, key: str) -> dict[str, Any]:
+        if "/" in key or key.startswith("."):
+            raise KeyError(key)
+        try:
+            return dict(json.loads((self.path / f"{key}.json").read_bytes()))
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def info(self, key: str) -> StoredMail:
+        """Raises: KeyError: no such mail."""
+        meta = self._meta(key)
+        try:
+            size = (self.path / f"{key}.eml").stat().st_size
+        except FileNotFoundError:
+            size = 0
+        return StoredMail(
+            key,
+            str(meta.get("name", key)),
+            meta.get("sender"),
+            tuple(meta.get("recipients", ())),
+            str(meta.get("state", "")),
+            meta.get("error_message"),
+            float(meta.get("stored_at", 0.0)),
+            size,
+        )
+
+    def __iter__(self) -> Iterator[StoredMail]:
+        for key in self.keys():
+            with contextlib.suppress(KeyError):
+                yield self.info(key)
+
+    def message_bytes(self, key: str) -> bytes:
+        """Raises: KeyError: no such mail."""
+        self._meta(key)
+        return (self.path / f"{key}.eml").read_bytes()
+
+    def load(self, key: str) -> Mail:
+        """The stored mail, as a :class:`Mail` (message in memory).
+
+        Raises:
+            KeyError: no such mail.
+        """
+        meta = self._meta(key)
+        data = (self.path / f"{key}.eml").read_bytes()
+        return Mail(
+            name=str(meta.get("name", key)),
+            sender=meta.get("sender"),
+            recipients=list(meta.get("recipients", ())),
+            message=Message(None, len(data), data),
+            state=str(meta.get("state", "root")),
+            remote_addr=str(meta.get("remote_addr", "127.0.0.1")),
+            remote_host=str(meta.get("remote_host", "localhost")),
+            auth_user=meta.get("auth_user"),
+            attributes=dict(meta.get("attributes", {})),
+            error_message=meta.get("error_message"),
+            received_at=float(meta.get("received_at", 0.0)),
+        )
+
+    def remove(self, key: str) -> bool:
+        """Delete a mail (``.json`` first: it is what makes the mail exist)."""
+        try:
+            self._meta(key)
+        except KeyError:
+            return False
+        (self.path / f"{key}.json").unlink(missing_ok=True)
+        (self.path / f"{key}.eml").unlink(missing_ok=True)
+        _fsync_dir(self.path)
+        return True
+
+
+class RepositoryStore:
+    """Every repository under ``DATA/repositories`` (James ``MailRepositoryStore``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._repos: dict[str, MailRepository] = {}
+
+    def get(self, url_or_name: str) -> MailRepository:
+        name = repository_name(url_or_name) if "/" in url_or_name else url_or_name
+        repo = self._repos.get(name)
+        if repo is None:
+            repo = self._repos[name] = MailRepository(self.root, name)
+        return repo
+
+    def names(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
+
+def _jsonable(value: object) -> bool:
+    return isinstance(value, str | int | float | bool | type(None) | list | dict)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
