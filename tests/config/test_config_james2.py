@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 
 import pytest
@@ -37,25 +38,15 @@ def block(handler: str, outer: str = "<port>2525</port>") -> str:
     return f'<smtpserver enabled="true">{outer}<handler>{handler}</handler></smtpserver>'
 
 
-def test_james_23_block_stops_only_on_authorized_addresses(smtp_error: LoadError) -> None:
-    error = smtp_error(JAMES_23_BLOCK, raw=True)
-    assert [p.element for p in error.problems] == [f"{NAME}/<handler>/<authorizedAddresses>"]
-
-
-def test_james_23_block_without_relaying_loads(load_smtp: Load) -> None:
-    xml = JAMES_23_BLOCK.replace(
-        "<authorizedAddresses>127.0.0.0/8</authorizedAddresses>",
-        "<authRequired>false</authRequired>",
-    )
-    config = load_smtp(xml, raw=True)
+def test_james_23_block_loads(load_smtp: Load) -> None:
+    config = load_smtp(JAMES_23_BLOCK, raw=True)
     (listener,) = config.listeners
     assert listener.binds == (Bind("0.0.0.0", 25),)  # no <bind>: every interface
     assert listener.connection_timeout == 360.0  # 360000 milliseconds
     assert listener.max_message_size == 0
     assert listener.hello_name == FQDN  # autodetect="true" ignores the body
-    assert config.unimplemented == (
-        f"smtpserver.xml: {NAME}/<handler>/<authRequired> (false: AUTH is not offered)",
-    )
+    assert config.unimplemented == ()
+    assert listener.auth.trusted_networks == (ipaddress.ip_network("127.0.0.0/8"),)
     # the James 2.3 core loaders: kept for the hook loader, which maps them to the core
     assert [h.class_name.rpartition(".")[2] for h in listener.handlers] == [
         "CoreFilterCmdHandlerLoader",
@@ -114,16 +105,16 @@ def test_address_only_bind(load_smtp: Load, bind: str, binds: tuple[Bind, ...]) 
             "360 is less than 1000 (milliseconds: <port> marks the James 2.x layout)",
         ),
         (
-            "<authRequired>true</authRequired>",
+            "<authRequired>maybe</authRequired>",
             "<port>25</port>",
             "<handler>/<authRequired>",
-            "AUTH",
+            "not true, false or announce",
         ),
         (
-            "<verifyIdentity>true</verifyIdentity>",
+            "<verifyIdentity>maybe</verifyIdentity>",
             "<port>25</port>",
             "<handler>/<verifyIdentity>",
-            "",
+            "not strict",
         ),
         ("", "<port>25</port><useTLS>true</useTLS>", "<useTLS>", "James 2.x TLS settings are"),
         (

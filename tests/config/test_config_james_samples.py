@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 from pathlib import Path
 
 import pytest
 
-from kittiwake.config import Bind, Config, ConfigError, HostLookup, load_config
+from kittiwake.config import Bind, Config, HostLookup, load_config
+from kittiwake.config.model import AuthAnnounce
 
 SAMPLES = Path(__file__).parent / "james-samples"
 GLOBAL = '<smtpserver name="smtpserver-global">'
 TLS = '<smtpserver name="smtpserver-TLS">'
 SUBMISSION = '<smtpserver name="smtpserver-authenticated">'
 
-# The three-listener layout shared by distributed-app and jpa-smtp-app: what stops it.
-THREE_LISTENER_REFUSALS = [
-    f"{GLOBAL}/<authorizedAddresses>",
-    f"{GLOBAL}/<verifyIdentity>",
-    f"{TLS}/<auth>/<announce>",
-    f"{TLS}/<authorizedAddresses>",
-    f"{TLS}/<verifyIdentity>",
-    f"{SUBMISSION}/<auth>/<announce>",
-    f"{SUBMISSION}/<authorizedAddresses>",
-    f"{SUBMISSION}/<verifyIdentity>",
-]
-
-
-def refusals(app: str, host: HostLookup) -> ConfigError:
-    with pytest.raises(ConfigError) as info:
-        load_config(SAMPLES / app, host=host)
-    return info.value
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
 
 def edited(app: str, tmp_path: Path, *edits: tuple[str, str]) -> Path:
@@ -55,31 +41,25 @@ def test_samples_are_kept_verbatim() -> None:
 
 
 @pytest.mark.parametrize("app", ["distributed-app", "jpa-smtp-app"])
-def test_three_listener_samples_stop(app: str, host: HostLookup) -> None:
-    error = refusals(app, host)
-    assert [p.element for p in error.problems] == THREE_LISTENER_REFUSALS
-    assert {p.file for p in error.problems} == {"smtpserver.xml"}
-    first = str(error).splitlines()[0]
-    assert first == (
-        f"smtpserver.xml: {GLOBAL}/<authorizedAddresses>: relaying for trusted networks is "
-        "not implemented yet (kittiwake relays for no one); remove the element"
-    )
-    assert error.problems[2].reason == (
-        "AUTH is not implemented yet (forUnauthorizedAddresses); set it to never"
-    )
+def test_three_listener_samples_auth(app: str, host: HostLookup) -> None:
+    """James's 25/465/587 layout loads as it is, with its AUTH and relay options."""
+    mx, smtps, submission = load_config(SAMPLES / app, host=host).listeners
+    assert mx.core_handlers == "NoAuthCmdHandlerLoader" and not mx.auth.command
+    assert mx.auth.announce is AuthAnnounce.NEVER and not mx.auth.require_ssl
+    assert not mx.auth_required
+    for listener in (mx, smtps, submission):
+        assert listener.auth.trusted_networks == LOOPBACK
+        assert listener.auth.verify_identity == "strict"
+    for listener in (smtps, submission):
+        assert listener.auth.command and listener.auth_required
+        assert listener.auth.announce is AuthAnnounce.FOR_UNAUTHORIZED_ADDRESSES
+        assert listener.auth.require_ssl and listener.auth.plain_enabled
 
 
 @pytest.mark.parametrize("app", ["distributed-app", "jpa-smtp-app"])
 def test_three_listener_samples_tls(app: str, tmp_path: Path, host: HostLookup) -> None:
-    """Without what kittiwake lacks (trusted networks, identity checks, AUTH announced),
-    James's 25/465/587 layout loads with its TLS read as James reads it."""
-    directory = edited(
-        app,
-        tmp_path,
-        ("<authorizedAddresses>127.0.0.0/8</authorizedAddresses>", ""),
-        ("<verifyIdentity>true</verifyIdentity>", "<verifyIdentity>false</verifyIdentity>"),
-        ("<announce>forUnauthorizedAddresses</announce>", "<announce>never</announce>"),
-    )
+    """James's 25/465/587 layout loads with its TLS read as James reads it."""
+    directory = edited(app, tmp_path)
     config = load_config(directory, host=host)
     mx, smtps, submission = config.listeners
     assert mx.tls is None and not mx.auth_required
@@ -99,26 +79,13 @@ def test_three_listener_samples_tls(app: str, tmp_path: Path, host: HostLookup) 
     )
 
 
-def test_spring_app_sample_stops(host: HostLookup) -> None:
-    error = refusals("spring-app", host)
-    name = '<smtpserver name="smtpserver">'
-    assert [p.element for p in error.problems] == [
-        f"{name}/<authorizedAddresses>",
-        f"{name}/<verifyIdentity>",
-    ]
-
-
-def test_spring_app_sample_loads_without_relaying_and_identity_check(
-    tmp_path: Path, host: HostLookup
-) -> None:
-    directory = edited(
-        "spring-app",
-        tmp_path,
-        ("<authorizedAddresses>127.0.0.0/8</authorizedAddresses>", ""),
-        ("<verifyIdentity>true</verifyIdentity>", "<verifyIdentity>false</verifyIdentity>"),
-    )
-    config = load_config(directory, host=host)
+def test_spring_app_sample_loads(host: HostLookup) -> None:
+    config = load_config(SAMPLES / "spring-app", host=host)
     (listener,) = config.listeners
+    assert listener.auth.trusted_networks == LOOPBACK
+    assert listener.auth.verify_identity == "strict"
+    # <authRequired> is commented out, and so is <announce>: AUTH is never announced
+    assert listener.auth.announce is AuthAnnounce.NEVER
     assert listener.name == "smtpserver"
     assert listener.binds == (Bind("0.0.0.0", 25),)
     assert listener.connection_backlog == 200
@@ -129,8 +96,6 @@ def test_spring_app_sample_loads_without_relaying_and_identity_check(
     name = '<smtpserver name="smtpserver">'
     assert config.unimplemented == (
         f"smtpserver.xml: {name}/<tls> (TLS is off: socketTLS and startTLS are false)",
-        f"smtpserver.xml: {name}/<auth> (AUTH is never announced nor required)",
-        f"smtpserver.xml: {name}/<verifyIdentity> (false: no sender identity check)",
     )
     assert [h.class_name.rpartition(".")[2] for h in listener.handlers] == [
         "ValidRcptHandler",
@@ -139,12 +104,10 @@ def test_spring_app_sample_loads_without_relaying_and_identity_check(
 
 
 def test_jpa_smtp_app_port_25_listener_alone(tmp_path: Path, host: HostLookup) -> None:
-    """Disable the TLS and submission listeners and stop relaying on port 25: it loads."""
+    """Disable the TLS and submission listeners: port 25 alone."""
     directory = edited(
         "jpa-smtp-app",
         tmp_path,
-        ("<authorizedAddresses>127.0.0.0/8</authorizedAddresses>", ""),
-        ("<verifyIdentity>true</verifyIdentity>", "<verifyIdentity>false</verifyIdentity>"),
         (
             '<smtpserver enabled="true">\n        <jmxName>smtpserver-TLS',
             '<smtpserver enabled="false">\n        <jmxName>smtpserver-TLS',
@@ -161,18 +124,9 @@ def test_jpa_smtp_app_port_25_listener_alone(tmp_path: Path, host: HostLookup) -
     assert listener.greeting == "Apache JAMES awesome SMTP Server"
     # <postmaster>postmaster</postmaster> gets the default domain appended, as in James.
     assert config.server.postmaster == "postmaster@localhost"
-    disabled = [line for line in config.unimplemented if "the listener is disabled" in line]
-    # (the edits above apply to every listener) tls and announce per disabled one:
-    assert len(disabled) == 4
-    assert config.unimplemented[:3] == (
+    assert config.unimplemented[:1] == (
         f"smtpserver.xml: {GLOBAL}/<tls> (TLS is off: socketTLS and startTLS are false)",
-        f"smtpserver.xml: {GLOBAL}/<auth> (AUTH is never announced nor required)",
-        f"smtpserver.xml: {GLOBAL}/<verifyIdentity> (false: no sender identity check)",
     )
     assert listener.core_handlers == "NoAuthCmdHandlerLoader"
-    assert config.unimplemented[-3:] == (
-        "mailetcontainer.xml: <mailetcontainer>/@enableJmx",
-        "mailetcontainer.xml: <spooler>",
-        "mailetcontainer.xml: processors (the mailet container is not implemented yet; "
-        "the built-in spool-to-Maildir flow is used)",
-    )
+    # <spooler> and <processors> are the mailet container's (tests/mailet)
+    assert config.unimplemented[-1:] == ("mailetcontainer.xml: <mailetcontainer>/@enableJmx",)

@@ -9,6 +9,8 @@ import pytest
 from kw_config_helpers import FQDN, wrap
 
 from kittiwake.config import (
+    AuthAnnounce,
+    AuthConfig,
     Bind,
     Config,
     ConfigError,
@@ -37,13 +39,19 @@ def test_embedded_default(host: HostLookup) -> None:
     config = load_config(None, host=host)
     assert config == Config(
         listeners=(
-            ListenerConfig(name="smtp", binds=(Bind("127.0.0.1", 2525),), hello_name=FQDN),
+            ListenerConfig(
+                name="smtp",
+                binds=(Bind("127.0.0.1", 2525),),
+                hello_name=FQDN,
+                auth=AuthConfig(command=False),  # MX: no AUTH (NoAuthCmdHandlerLoader)
+            ),
             ListenerConfig(
                 name="submission",
                 binds=(Bind("127.0.0.1", 2587),),
                 hello_name=FQDN,
                 tls=TlsConfig(starttls=True, self_signed=True),
                 auth_required=True,
+                auth=AuthConfig(announce=AuthAnnounce.ALWAYS),  # once encrypted
             ),
             ListenerConfig(
                 name="submissions",
@@ -51,6 +59,7 @@ def test_embedded_default(host: HostLookup) -> None:
                 hello_name=FQDN,
                 tls=TlsConfig(starttls=False, self_signed=True),
                 auth_required=True,
+                auth=AuthConfig(announce=AuthAnnounce.ALWAYS),
             ),
         ),
         domains=DomainListConfig(domain_names=("localhost",), default_domain="localhost"),
@@ -110,7 +119,6 @@ def test_other_files_are_named(conf_dir: ConfDir, host: HostLookup) -> None:
     assert config.unimplemented == (
         "config.xml (whole file; James 2.x: move its <smtpserver> block into smtpserver.xml)",
         "jvm.properties (whole file)",
-        "usersrepository.xml (whole file)",
     )
 
 
@@ -209,6 +217,8 @@ def test_report_of_the_embedded_default(host: HostLookup) -> None:
         "    connectionLimit: unlimited; connectionLimitPerIP: unlimited\n"
         "    heloEhloEnforcement: true; addressBracketsEnforcement: true; disabledFeatures: none\n"
         "    tls: off; auth.required: false\n"
+        "    no AUTH command (NoAuthCmdHandlerLoader)\n"
+        "    authorizedAddresses: none; verifyIdentity: strict\n"
         "  submission (SMTP): 127.0.0.1:2587\n"
         f"    helloName: {FQDN}; smtpGreeting: (generated)\n"
         "    maxmessagesize: 25 MiB; maxLineLength: 8192 bytes; recipients per message: 100\n"
@@ -217,6 +227,8 @@ def test_report_of_the_embedded_default(host: HostLookup) -> None:
         "    heloEhloEnforcement: true; addressBracketsEnforcement: true; disabledFeatures: none\n"
         "    tls: STARTTLS (startTLS), self-signed certificate under DATA/tls/; "
         "auth.required: true\n"
+        "    auth.announce: always; requireSSL: true; plainAuthEnabled: true\n"
+        "    authorizedAddresses: none; verifyIdentity: strict\n"
         "  submissions (SMTP): 127.0.0.1:2465\n"
         f"    helloName: {FQDN}; smtpGreeting: (generated)\n"
         "    maxmessagesize: 25 MiB; maxLineLength: 8192 bytes; recipients per message: 100\n"
@@ -225,6 +237,8 @@ def test_report_of_the_embedded_default(host: HostLookup) -> None:
         "    heloEhloEnforcement: true; addressBracketsEnforcement: true; disabledFeatures: none\n"
         "    tls: implicit TLS (socketTLS), self-signed certificate under DATA/tls/; "
         "auth.required: true\n"
+        "    auth.announce: always; requireSSL: true; plainAuthEnabled: true\n"
+        "    authorizedAddresses: none; verifyIdentity: strict\n"
         "local domains: localhost\n"
         "default domain: localhost\n"
         "postmaster: postmaster@localhost"
@@ -255,10 +269,12 @@ def test_report_of_a_directory(load_files: LoadFiles) -> None:
     assert report[6] == "    connectionLimit: 50; connectionLimitPerIP: unlimited"
     assert report[7].endswith("disabledFeatures: DSN, PIPELINING")
     assert report[8] == "    tls: off; auth.required: false"
-    assert report[9] == "  sub (SMTP): 127.0.0.1:587"
-    assert report[10] == f"    helloName: {FQDN}; smtpGreeting: hi"
-    assert report[11].startswith("    maxmessagesize: 1500 bytes;")
-    assert report[16:] == [
+    assert report[9] == "    auth.announce: never; requireSSL: true; plainAuthEnabled: true"
+    assert report[10] == "    authorizedAddresses: none; verifyIdentity: strict"
+    assert report[11] == "  sub (SMTP): 127.0.0.1:587"
+    assert report[12] == f"    helloName: {FQDN}; smtpGreeting: hi"
+    assert report[13].startswith("    maxmessagesize: 1500 bytes;")
+    assert report[20:] == [
         "local domains: example.com",
         "default domain: example.com",
         "postmaster: postmaster@example.com",

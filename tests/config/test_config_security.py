@@ -1,4 +1,5 @@
-"""Fail closed: security options kittiwake lacks stop the start, harmless values do not."""
+"""Fail closed: security options kittiwake lacks stop the start, harmless values do not.
+(AUTH, authorizedAddresses and verifyIdentity are read: test_config_auth.py.)"""
 
 from __future__ import annotations
 
@@ -19,36 +20,13 @@ VALIDRCPT = "org.apache.james.smtpserver.fastfail.ValidRcptHandler"
 @pytest.mark.parametrize(
     ("body", "element", "reason"),
     [
-        ("<auth><announce>always</announce></auth>", "<auth>/<announce>", "AUTH is not"),
-        (
-            "<auth><announce>forUnauthorizedAddresses</announce></auth>",
-            "<auth>/<announce>",
-            "AUTH is not implemented yet (forUnauthorizedAddresses); set it to never",
-        ),
-        (
-            "<auth><announce>always</announce><required>true</required></auth>",
-            "<auth>/<announce>",
-            "AUTH is not implemented yet (always)",
-        ),
         (
             "<auth><announce>never</announce><oidc><claim>email</claim></oidc></auth>",
             "<auth>/<oidc>",
-            "AUTH is not implemented yet",
+            "are not implemented (kittiwake has PLAIN and LOGIN)",
         ),
-        ("<auth><saslMechanisms>PLAIN</saslMechanisms></auth>", "<auth>/<saslMechanisms>", "AUTH"),
         ("<auth.announce>never</auth.announce>", "<auth.announce>", "nested"),
-        ("<auth.required>false</auth.required>", "<auth.required>", "AUTH is not"),
-        ("<authRequired>true</authRequired>", "<authRequired>", "AUTH is not implemented yet"),
-        ("<authRequired>announce</authRequired>", "<authRequired>", "AUTH is not"),
-        (
-            "<authorizedAddresses>127.0.0.0/8</authorizedAddresses>",
-            "<authorizedAddresses>",
-            "relay",
-        ),
-        ("<authorizedAddresses/>", "<authorizedAddresses>", "relaying for trusted networks"),
-        ("<verifyIdentity>true</verifyIdentity>", "<verifyIdentity>", "identity verification"),
-        ("<verifyIdentity>strict</verifyIdentity>", "<verifyIdentity>", "not implemented"),
-        ("<verifyIdentity>Relaxed</verifyIdentity>", "<verifyIdentity>", "not implemented"),
+        ("<auth.required>false</auth.required>", "<auth.required>", "nested"),
         ("<proxyRequired>true</proxyRequired>", "<proxyRequired>", "PROXY protocol"),
         (
             "<handlerchain><handler/></handlerchain>",
@@ -104,15 +82,6 @@ def test_bad_values(smtp_error: LoadError, body: str, element: str, reason: str)
             '<tls socketTLS="FALSE" startTLS="false"><keystore>x</keystore></tls>',
             "<tls> (TLS is off: socketTLS and startTLS are false)",
         ),
-        ("<auth/>", "<auth> (AUTH is never announced nor required)"),
-        (
-            "<auth><announce>NEVER</announce><required>false</required>"
-            "<requireSSL>true</requireSSL><plainAuthEnabled>false</plainAuthEnabled></auth>",
-            "<auth> (AUTH is never announced nor required)",
-        ),
-        ("<authRequired>false</authRequired>", "<authRequired> (false: AUTH is not offered)"),
-        ("<verifyIdentity>false</verifyIdentity>", "<verifyIdentity> (false: no sender"),
-        ("<verifyIdentity>disabled</verifyIdentity>", "<verifyIdentity> (disabled: no sender"),
         ("<proxyRequired>false</proxyRequired>", "<proxyRequired> (false: no PROXY protocol)"),
         ("<useTLS>false</useTLS>", "<useTLS> (false: TLS is off)"),
         ("<serverSocketType>plain</serverSocketType>", "<serverSocketType> (plain sockets)"),
@@ -140,18 +109,9 @@ def test_harmless_values_are_named(load_smtp: Load, body: str, named: str) -> No
     ],
 )
 def test_auth_required_is_honoured(load_smtp: Load, body: str, required: bool) -> None:
-    """James's auth.required: MAIL refused unless authenticated. With no AUTH yet that
-    refuses every MAIL, which asks nothing kittiwake cannot do (issue 4)."""
+    """James's auth.required: MAIL refused unless authenticated or trusted."""
     (listener,) = load_smtp(body).listeners
     assert listener.auth_required is required
-
-
-def test_authrequired_true_is_refused_even_when_announce_says_never(
-    smtp_error: LoadError,
-) -> None:
-    # James would let <auth><announce> win; each element is judged on its own here.
-    error = smtp_error("<authRequired>true</authRequired><auth><announce>never</announce></auth>")
-    assert [p.element for p in error.problems] == [f"{LISTENER}/<authRequired>"]
 
 
 def test_handlerchain_is_read_in_order_with_options(load_smtp: Load) -> None:
@@ -178,9 +138,9 @@ def test_refusals_come_in_document_order_across_listeners(smtp_error: LoadError)
     xml = (
         "<smtpservers>"
         "<smtpserver><jmxName>a</jmxName><bind>127.0.0.1:25</bind>"
-        "<verifyIdentity>true</verifyIdentity><tls startTLS='true'/></smtpserver>"
+        "<verifyIdentity>perhaps</verifyIdentity><tls startTLS='true'/></smtpserver>"
         "<smtpserver><jmxName>b</jmxName><bind>127.0.0.1:587</bind>"
-        "<authorizedAddresses>127.0.0.1</authorizedAddresses></smtpserver>"
+        "<authorizedAddresses>*</authorizedAddresses></smtpserver>"
         "</smtpservers>"
     )
     error = smtp_error(xml, raw=True)

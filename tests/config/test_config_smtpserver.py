@@ -205,9 +205,6 @@ def test_disabled_listener_is_dropped_but_validated(load_smtp: Load, smtp_error:
     assert config.unimplemented == (
         'smtpserver.xml: <smtpserver name="off"> (enabled="false": not started)',
         'smtpserver.xml: <smtpserver name="off">/<tls> (not read: the listener is disabled)',
-        'smtpserver.xml: <smtpserver name="off">/<authorizedAddresses> (relaying for trusted '
-        "networks is not implemented yet (kittiwake relays for no one); the listener is "
-        "disabled)",
     )
     bad = xml.replace("<bind>127.0.0.1:25</bind>", "<maxLineLength>5</maxLineLength>")
     error = smtp_error(bad, raw=True)
@@ -248,7 +245,7 @@ def test_duplicate_names_and_binds(smtp_error: LoadError, load_smtp: Load) -> No
 def test_every_problem_is_reported_at_once(smtp_error: LoadError) -> None:
     error = smtp_error(
         "<maxLineLength>5</maxLineLength><connectionLimit>-2</connectionLimit>"
-        "<authorizedAddresses>10.0.0.0/8</authorizedAddresses>"
+        "<authorizedAddresses>10.0.0.0/33</authorizedAddresses>"
     )
     assert [p.element.rsplit("/", 1)[1] for p in error.problems] == [
         "<maxLineLength>",
@@ -347,10 +344,9 @@ def test_minimal_james3_file_with_harmless_elements(load_smtp: Load) -> None:
     name = '<smtpserver name="smtpserver-global">'
     assert config.unimplemented == (
         f"smtpserver.xml: {name}/<tls> (TLS is off: socketTLS and startTLS are false)",
-        f"smtpserver.xml: {name}/<auth> (AUTH is never announced nor required)",
-        f"smtpserver.xml: {name}/<verifyIdentity> (false: no sender identity check)",
         f"smtpserver.xml: {name}/<ioWorkerCount>",
     )
+    assert listener.auth.verify_identity == "disabled" and not listener.auth.command
     assert listener.core_handlers == "NoAuthCmdHandlerLoader"
     assert [h.class_name for h in listener.handlers] == [
         "org.apache.james.smtpserver.fastfail.ValidRcptHandler"

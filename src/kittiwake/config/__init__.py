@@ -2,6 +2,8 @@
 
 from kittiwake.config.loader import ConfigError, HostLookup, format_report, load_config
 from kittiwake.config.model import (
+    AuthAnnounce,
+    AuthConfig,
     Bind,
     Config,
     DomainListConfig,
@@ -9,9 +11,12 @@ from kittiwake.config.model import (
     Protocol,
     ServerOptions,
     TlsConfig,
+    UsersRepositoryConfig,
 )
 
 __all__ = [
+    "AuthAnnounce",
+    "AuthConfig",
     "Bind",
     "Config",
     "ConfigError",
@@ -21,6 +26,7 @@ __all__ = [
     "Protocol",
     "ServerOptions",
     "TlsConfig",
+    "UsersRepositoryConfig",
     "format_report",
     "load_config",
 ]

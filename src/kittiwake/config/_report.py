@@ -5,6 +5,7 @@ from __future__ import annotations
 from kittiwake.config.model import (
     KIB,
     MIB,
+    AuthAnnounce,
     Config,
     DnsConfig,
     ListenerConfig,
@@ -56,8 +57,33 @@ def _listener(listener: ListenerConfig) -> list[str]:
         f"addressBracketsEnforcement: {str(listener.address_brackets_enforcement).lower()}; "
         f"disabledFeatures: {features}",
         f"    tls: {_tls(listener.tls)}; auth.required: {str(listener.auth_required).lower()}",
+        *_auth(listener),
         *_handlers(listener),
     ]
+
+
+def _auth(listener: ListenerConfig) -> list[str]:
+    """AUTH, trusted networks and sender identity (SMTP only: LMTP has none)."""
+    if listener.protocol is Protocol.LMTP:
+        return []
+    auth = listener.auth
+    trusted = ", ".join(str(n) for n in auth.trusted_networks) or "none"
+    if not auth.command:
+        offered = "no AUTH command (NoAuthCmdHandlerLoader)"
+    else:
+        offered = (
+            f"auth.announce: {auth.announce.value}; "
+            f"requireSSL: {str(auth.require_ssl).lower()}; "
+            f"plainAuthEnabled: {str(auth.plain_enabled).lower()}"
+        )
+    lines = [
+        f"    {offered}",
+        f"    authorizedAddresses: {trusted}; verifyIdentity: {auth.verify_identity}",
+    ]
+    wanted = auth.announce is not AuthAnnounce.NEVER or listener.auth_required
+    if wanted and auth.command and auth.require_ssl and listener.tls is None:
+        lines.append("    note: requireSSL and no <tls>: AUTH can never be used here")
+    return lines
 
 
 def _handlers(listener: ListenerConfig) -> list[str]:

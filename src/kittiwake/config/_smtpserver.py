@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kittiwake.config import _security as security
+from kittiwake.config._auth import AUTH_ELEMENTS, AuthReader
 from kittiwake.config._errors import ConfigError, Findings, Invalid, Problem
 from kittiwake.config._handlerchain import read_handlerchain
 from kittiwake.config._tls import read_listener_tls
@@ -53,10 +54,6 @@ _MAX_LINE = (1000, 1048576)  # James SMTPServer: maxLineLength outside this is a
 
 _SECURITY: dict[str, Callable[[security.Gate, ET.Element, str], None]] = {
     "tls": security.check_tls,
-    "auth": security.check_auth,
-    "authRequired": security.check_auth_required,
-    "authorizedAddresses": security.check_authorized_addresses,
-    "verifyIdentity": security.check_verify_identity,
     "proxyRequired": security.check_proxy_required,
     "useTLS": security.check_use_tls,
     "serverSocketType": security.check_server_socket_type,
@@ -126,7 +123,7 @@ class _Listener:
     ) -> None:
         self.conf_dir = conf_dir  # relative <tls> paths are taken from here
         self.tls: TlsConfig | None = None
-        self.auth_required = False
+        self.auth = AuthReader(security.Gate(f, True), host.resolve)  # replaced in read()
         self.element = element
         self.host = host
         self.findings = f
@@ -187,9 +184,10 @@ class _Listener:
             self.findings.ignored(self.prefix, 'enabled="false": not started')
         self.old_layout = any(element.tag == "port" for _, element in options)
         gate = security.Gate(self.findings, self.enabled)
+        self.auth = AuthReader(gate, self.host.resolve)
         for path, element in options:
             tag = element.tag
-            known = tag in _VALUES or tag in _SECURITY
+            known = tag in _VALUES or tag in _SECURITY or tag in AUTH_ELEMENTS
             if known and tag in self.seen and tag != "disabledFeatures":
                 self.findings.error(path, "given more than once (James would use only the first)")
                 continue
@@ -198,12 +196,10 @@ class _Listener:
                 self.tls = read_listener_tls(
                     element, path, self.findings, self.conf_dir, self.enabled
                 )
-            elif tag == "auth":
-                self.auth_required = security.read_auth(gate, element, path)
+            elif tag in AUTH_ELEMENTS or tag.startswith("auth."):
+                self.auth.read(tag, element, path)
             elif tag in _SECURITY:
                 _SECURITY[tag](gate, element, path)
-            elif tag.startswith("auth."):
-                security.check_dotted_auth(gate, element, path)
             elif tag in _VALUES:
                 self._value(tag, element, path)
             elif tag.lower() in _KNOWN_BY_LOWER:
@@ -347,7 +343,8 @@ class _Listener:
             address_brackets_enforcement=self.brackets,
             disabled_features=frozenset(self.disabled),
             tls=self.tls,
-            auth_required=self.auth_required,
+            auth_required=self.auth.required,
+            auth=self.auth.build(command=self.core_handlers != "NoAuthCmdHandlerLoader"),
             handlers=self.handlers,
             core_handlers=self.core_handlers,
         )

@@ -13,6 +13,8 @@ Files read:
   system's resolvers.
 * ``mailetcontainer.xml``: only ``<context><postmaster>``; the processors are named as
   not implemented. Absent: ``postmaster@<defaultDomain>``.
+* ``usersrepository.xml``: virtual hosting, the hash algorithm of imported James users,
+  ``administratorIds`` (``_usersrepository.py``). Absent: the defaults.
 
 Every other ``*.xml`` or ``*.properties`` file in the directory is named in
 ``Config.unimplemented``. Security options kittiwake lacks stop the start
@@ -40,8 +42,11 @@ from kittiwake.config._lmtpserver import check_lmtp_listeners, read_lmtpserver
 from kittiwake.config._report import format_report
 from kittiwake.config._smtpserver import FILE as SMTPSERVER
 from kittiwake.config._smtpserver import autodetected_hello_name, read_smtpserver
+from kittiwake.config._usersrepository import USERSREPOSITORY, read_usersrepository
 from kittiwake.config._values import HostLookup
 from kittiwake.config.model import (
+    AuthAnnounce,
+    AuthConfig,
     Bind,
     Config,
     DnsConfig,
@@ -49,6 +54,7 @@ from kittiwake.config.model import (
     ListenerConfig,
     ServerOptions,
     TlsConfig,
+    UsersRepositoryConfig,
 )
 
 __all__ = ["ConfigError", "HostLookup", "Problem", "format_report", "load_config"]
@@ -62,7 +68,7 @@ SUBMISSION_LISTENER_NAME = "submission"
 SUBMISSION_BIND = Bind("127.0.0.1", 2587)
 SUBMISSIONS_LISTENER_NAME = "submissions"
 SUBMISSIONS_BIND = Bind("127.0.0.1", 2465)
-_READ = (SMTPSERVER, LMTPSERVER, DOMAINLIST, MAILETCONTAINER, DNSSERVICE)
+_READ = (SMTPSERVER, LMTPSERVER, DOMAINLIST, MAILETCONTAINER, DNSSERVICE, USERSREPOSITORY)
 _T = TypeVar("_T")
 _OTHER_FILE_NOTES = {
     "config.xml": "James 2.x: move its <smtpserver> block into smtpserver.xml",
@@ -119,6 +125,11 @@ def load_config(conf_dir: Path | None, *, host: HostLookup | None = None) -> Con
         f"postmaster@{domains.default_domain}",
     )
     own: dict[str, Any] = files.read(KITTIWAKE, read_kittiwake, {})
+    users = files.read(
+        USERSREPOSITORY,
+        lambda p, f: read_usersrepository(p, f, domains.default_domain),
+        UsersRepositoryConfig(),
+    )
     if (conf_dir / SMTPSERVER).is_file():
         files.problems.extend(_check_listeners(listeners))
     files.problems.extend(check_lmtp_listeners(lmtp, listeners))
@@ -133,6 +144,7 @@ def load_config(conf_dir: Path | None, *, host: HostLookup | None = None) -> Con
         source=str(conf_dir),
         dns=dns,
         unimplemented=tuple(files.unimplemented),
+        users=users,
     )
 
 
@@ -165,13 +177,21 @@ class _Files:
 
 def _embedded(host: HostLookup) -> Config:
     hello_name = autodetected_hello_name(host)
-    mx = ListenerConfig(name=DEFAULT_LISTENER_NAME, binds=(DEFAULT_BIND,), hello_name=hello_name)
+    # MX: no AUTH command (James's NoAuthCmdHandlerLoader); submission: AUTH announced
+    # (once encrypted: requireSSL), required to send.
+    mx = ListenerConfig(
+        name=DEFAULT_LISTENER_NAME,
+        binds=(DEFAULT_BIND,),
+        hello_name=hello_name,
+        auth=AuthConfig(command=False),
+    )
     submission = ListenerConfig(
         name=SUBMISSION_LISTENER_NAME,
         binds=(SUBMISSION_BIND,),
         hello_name=hello_name,
         tls=TlsConfig(starttls=True, self_signed=True),
         auth_required=True,
+        auth=AuthConfig(announce=AuthAnnounce.ALWAYS),
     )
     submissions = ListenerConfig(
         name=SUBMISSIONS_LISTENER_NAME,
@@ -179,6 +199,7 @@ def _embedded(host: HostLookup) -> Config:
         hello_name=hello_name,
         tls=TlsConfig(starttls=False, self_signed=True),
         auth_required=True,
+        auth=AuthConfig(announce=AuthAnnounce.ALWAYS),
     )
     return Config(
         listeners=(mx, submission, submissions),

@@ -60,6 +60,7 @@ class Listener:
             brackets_required=config.address_brackets_enforcement,
             disabled_keywords=config.disabled_features,
             starttls=config.tls is not None and config.tls.starttls,
+            auth=ctx.access is not None and config.auth.command,
             mail_parameters=ctx.hooks.mail_parameters,
         )
         self.connections: set[Connection] = set()

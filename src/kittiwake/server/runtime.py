@@ -16,6 +16,7 @@ import signal
 import socket
 from pathlib import Path
 
+from kittiwake.auth.failures import FailureBudget
 from kittiwake.config.model import Config, ListenerConfig, Protocol
 from kittiwake.delivery.direct import DirectDelivery
 from kittiwake.delivery.journal import Journal
@@ -23,10 +24,12 @@ from kittiwake.delivery.maildir import MaildirDeliverer, MaildirOwner
 from kittiwake.dnsservice import DnsService
 from kittiwake.hooks.api import Services
 from kittiwake.hooks.loader import load_chains
+from kittiwake.mailet import mailet_deliverer
 from kittiwake.queue.runner import SpoolRunner
 from kittiwake.queue.spool import Spool
 from kittiwake.storage.sqlite import SqliteStore
 
+from .access import Access
 from .limits import ConnectionLimits, LocalLimits
 from .listener import Listener
 from .lmtp import lmtp_session_factory, remove_unix_socket, unix_socket_files
@@ -82,6 +85,8 @@ class Server:
         # CLI changes are seen within a quarter second; checking the database on every
         # RCPT costs a GIL hand-off per lookup (measured: a sixth of the loop thread).
         self.store = SqliteStore(data_dir / "kittiwake.db", refresh_interval=0.25)
+        # failed AUTHs per client address, shared by every worker (issue 5)
+        self.auth_failures = FailureBudget(data_dir / "auth-failures.db")
         for domain in config.domains.domain_names:
             self.store.add_domain(domain)
         self.spool = Spool(data_dir / "spool", threads=4)
@@ -91,9 +96,20 @@ class Server:
         deliverer = MaildirDeliverer(data_dir / "mail", self.journal, hostname=hostname)
         if maildir is not None and maildir.active:
             deliverer.owner = maildir
+        self.local_deliverer = deliverer  # LMTP's, and LocalDelivery's in the container
+        # issue 7: the mailet container (mailetcontainer.xml, else James's default flow)
+        # takes every recipient; relayed mail is kept by its RemoteDelivery stand-in
+        self.mailets = mailet_deliverer(
+            config.source,
+            data_dir,
+            deliverer,
+            self.store,
+            postmaster=config.server.postmaster,
+            hostname=hostname or "localhost",
+        )
         self.runner = SpoolRunner(
             self.spool,
-            deliverer,
+            self.mailets,
             resolver.resolve,
             concurrency=config.server.spool_threads,
         )
@@ -155,7 +171,7 @@ class Server:
                 writer = spool.begin()  # a queue ID and a data file path; no file yet
                 return writer.queue_id, writer.path
 
-            self._direct = DirectDelivery(self.runner.deliverer, reserve)
+            self._direct = DirectDelivery(self.local_deliverer, reserve)
         resolver = LocalResolver(self.store, self.store, self.config.server.postmaster)
         listener.session_factory = lmtp_session_factory(self._direct, resolver.resolve)
         cfg = listener.config
@@ -176,6 +192,21 @@ class Server:
             hooks=self.chains[cfg.name],
             wake_delivery=self.runner.wake,
             auth_required=cfg.auth_required,
+            access=self._access(cfg),
+        )
+
+    def _access(self, cfg: ListenerConfig) -> Access | None:
+        """AUTH, trusted networks, identity checks and aliases of an SMTP listener."""
+        if cfg.protocol is not Protocol.SMTP:
+            return None  # LMTP: no AUTH; the MTA in front has rewritten already
+        return Access(
+            config=cfg.auth,
+            domains=self.store,
+            users=self.store,
+            rewrites=self.store,
+            repository=self.config.users,
+            default_domain=self.config.domains.default_domain,
+            failures=self.auth_failures,
         )
 
     def request_stop(self) -> None:
@@ -211,6 +242,7 @@ class Server:
             await asyncio.to_thread(self._direct.close)  # deliveries under way finish
         await self.runner.stop()  # closes the spool it opened
         self.journal.close()
+        self.auth_failures.close()
         self.store.close()
 
 

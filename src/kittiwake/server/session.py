@@ -21,8 +21,13 @@ from email.utils import format_datetime
 from kittiwake.hooks.api import HEADER_LIMIT, Message, SessionInfo, split_header
 from kittiwake.hooks.chain import Chain
 from kittiwake.hooks.result import CONNECT_FAILED, HOOK_FAILED, HookResult
-from kittiwake.policy.recipients import rcpt_reply
+from kittiwake.policy.headers import from_addresses, header_fields, submission_fields
+from kittiwake.policy.identity import IdentityMode, from_header_reply
+from kittiwake.policy.relay import SessionTrust, recipient_reply
+from kittiwake.policy.rewrite import EMPTY_TABLE
 from kittiwake.protocol import (
+    Auth,
+    AuthResponse,
     DataRequested,
     Event,
     Hello,
@@ -41,7 +46,8 @@ from kittiwake.protocol import replies as R
 from kittiwake.queue.spool import Envelope, Spool, SpoolWriter
 from kittiwake.storage.base import DomainStore, UserStore
 
-from .recipients import recipient_facts
+from .access import Access, Authenticator
+from .recipients import gather
 
 __all__ = ["Session", "SessionContext"]
 
@@ -62,6 +68,9 @@ class SessionContext:
     wake_delivery: Callable[[], None]  # a new spool entry exists
     #: ``<auth><required>``: MAIL refused (530 5.7.0) unless the client authenticated
     auth_required: bool = False
+    #: AUTH, trusted networks, sender identity, aliases (issue 5); None: none of them
+    #: (LMTP), and relaying is open to nobody
+    access: Access | None = None
 
 
 class Session:
@@ -81,6 +90,10 @@ class Session:
         self._header: bytearray | None = None
         self._header_done = False
         self._trace_size = 0
+        #: AUTH and trust (None where the listener has no ``Access``, e.g. LMTP)
+        self.auth = Authenticator(ctx.access, info) if ctx.access is not None else None
+        # the current transaction's final addresses (the rewrite table applied), in order
+        self._targets: dict[str, None] = {}
 
     # ---- decisions ----------------------------------------------------------------
 
@@ -106,6 +119,10 @@ class Session:
             return R.UNRECOGNIZED
         if isinstance(event, StartTLS):
             return self._starttls()
+        if isinstance(event, Auth | AuthResponse) and self.auth is not None:
+            if isinstance(event, Auth):
+                return await self.auth.start(event, self.auth_result)
+            return await self.auth.respond(event, self.auth_result)
         raise AssertionError(f"unexpected decision {event!r}")
 
     async def start(self) -> Reply | None:
@@ -158,6 +175,8 @@ class Session:
         info = self.info
         info.helo, info.esmtp, info.authenticated_user = None, False, None
         info.sender, info.recipients, info.smtputf8 = None, [], False
+        if self.auth is not None:
+            self.auth.reset()
         self.encrypted(version, cipher, bits)
 
     def encrypted(self, version: str | None, cipher: str | None, bits: int) -> None:
@@ -174,12 +193,17 @@ class Session:
         info = self.info
         info.helo, info.esmtp = event.name, event.extended
         info.sender, info.recipients = None, []
-        return Reply(250, "", f"{self.ctx.hostname} Hello {event.name} [{info.client_ip}]")
+        lines = [f"{self.ctx.hostname} Hello {event.name} [{info.client_ip}]"]
+        if event.extended and self.auth is not None:
+            lines += self.auth.ehlo_lines()  # the core appends its own keywords after
+        return Reply(250, "", "\n".join(lines))
 
     async def _mail_from(self, event: MailFrom) -> Reply:
-        if self.ctx.auth_required and self.info.authenticated_user is None:
+        trusted = self.auth is not None and self.auth.relay_allowed
+        if self.ctx.auth_required and self.info.authenticated_user is None and not trusted:
             # James's AuthRequiredHook (auth.required, a submission port): mandatory,
             # before any hook, so that no hook's OK can let an anonymous sender through.
+            # A trusted address (authorizedAddresses) counts as authenticated, as in James.
             return R.AUTH_REQUIRED
         chain = self.ctx.hooks
         if chain.mail_parameters:
@@ -194,6 +218,12 @@ class Session:
         result = await self._run_hooks("on_mail", event)
         if result.refused:
             return result.refusal()
+        # Mandatory: verifyIdentity, whatever the hooks answered.
+        refusal = self.auth.sender_refusal(event.address) if self.auth is not None else None
+        if refusal is not None:
+            self._log_refusal("MAIL", refusal, event.address)
+            return refusal
+        self._targets = {}
         self._mail = event
         self.info.sender = event.address
         self.info.recipients = []
@@ -204,21 +234,36 @@ class Session:
         result = await self._run_hooks("on_rcpt", event)
         if result.refused:
             return result.refusal()
-        # Mandatory rules: run whatever the hooks answered (OK included).
-        facts = recipient_facts(event.address, self.ctx.domains, self.ctx.users)
-        refusal = rcpt_reply(facts)
+        # Mandatory rules: run whatever the hooks answered (OK included). The relay rule
+        # first; then, as James rechecks at RCPT, the sender's identity.
+        auth = self.auth
+        access = self.ctx.access
+        table = access.table() if access is not None and self.ctx.protocol == "SMTP" else None
+        rcpt = gather(event.address, self.ctx.domains, self.ctx.users, table or EMPTY_TABLE)
+        trust = auth.trust() if auth is not None else _NO_TRUST
+        refusal = recipient_reply(rcpt.facts, trust)
+        if refusal is None and auth is not None:
+            refusal = auth.sender_refusal(self.info.sender or "")
         if refusal is not None:
-            log.info(
-                "%s: reject RCPT from [%s]: %s; from=<%s> to=<%s>",
-                self.info.session_id,
-                self.info.client_ip,
-                refusal,
-                self.info.sender,
-                event.address,
-            )
+            self._log_refusal("RCPT", refusal, event.address)
             return refusal
         self.info.recipients.append(event.address)
+        for target in rcpt.targets if table is not None else (event.address,):
+            self._targets.setdefault(target, None)
         return R.RECIPIENT_OK
+
+    def _log_refusal(self, verb: str, refusal: Reply, address: str) -> None:
+        info = self.info
+        log.info(
+            "%s: reject %s from [%s]%s: %s; from=<%s> to=<%s>",
+            info.session_id,
+            verb,
+            info.client_ip,
+            f" user={info.authenticated_user}" if info.authenticated_user else "",
+            refusal,
+            info.sender if verb == "RCPT" else address,
+            address if verb == "RCPT" else "",
+        )
 
     # ---- message ------------------------------------------------------------------
 
@@ -230,7 +275,8 @@ class Session:
             self._writer = writer
             writer.write(self._trace_headers(writer.queue_id))
             self._trace_size = writer.size
-            self._header = bytearray() if self.ctx.hooks.wants("on_message") else None
+            wanted = self.ctx.hooks.wants("on_message") or self._submission()
+            self._header = bytearray() if wanted else None
             self._header_done = False
         except OSError as exc:
             self._abort_message()
@@ -260,11 +306,18 @@ class Session:
             if refusal is not None:
                 self._abort_message()
                 return self._per_recipient(refusal, n)
+        if self._submission():
+            refusal = self._submit(writer)
+            if refusal is not None:
+                self._abort_message()
+                return self._per_recipient(refusal, n)
         info = self.info
+        # The final addresses (aliases applied at RCPT) are what the spool delivers to.
+        targets = tuple(self._targets) if self._targets else tuple(info.recipients)
         envelope = Envelope(
             queue_id=writer.queue_id,
             sender=info.sender or "",
-            recipients=tuple(info.recipients),
+            recipients=targets,
             client_address=info.client_ip,
             helo=info.helo or "",
             protocol=self._with_protocol(),
@@ -297,6 +350,39 @@ class Session:
                 for r in info.recipients
             ]
         return reply
+
+    def _submission(self) -> bool:
+        """Message submission (RFC 6409): the client authenticated on an SMTP listener."""
+        return self.ctx.protocol == "SMTP" and self.info.authenticated_user is not None
+
+    def _submit(self, writer: SpoolWriter) -> Reply | None:
+        """An authenticated message: its ``From:`` must be the user's (verifyIdentity),
+        and a missing ``Date:`` or ``Message-ID:`` is added (RFC 6409 8.2, 8.3)."""
+        auth = self.auth
+        assert auth is not None
+        fields = header_fields(bytes(self._header or b""))
+        mode = IdentityMode(auth.access.config.verify_identity)
+        refusal = from_header_reply(
+            mode,
+            envelope_sender=self.info.sender or "",
+            authenticated_user=self.info.authenticated_user,
+            from_addresses=from_addresses(fields),
+            may_send_as=auth.may_send_as,
+        )
+        if refusal is not None:
+            self._log_refusal("DATA", refusal, self.info.sender or "")
+            return refusal
+        added = submission_fields(
+            fields,
+            now=datetime.now(UTC),
+            message_id=f"{writer.queue_id}.{self.info.session_id}@{self.ctx.hostname}",
+        )
+        if added:
+            try:
+                writer.splice(self._trace_size, self._trace_size, added)
+            except OSError as exc:
+                return _storage_reply(exc)
+        return None
 
     def _per_recipient(self, reply: Reply, n: int) -> Reply | list[Reply]:
         return [reply] * n if self.ctx.protocol == "LMTP" else reply
@@ -407,6 +493,9 @@ class Session:
             writer.splice(start, start + len(header), b"".join(added) + kept + rest)
         else:
             writer.splice(start, start, b"".join(added))
+
+
+_NO_TRUST = SessionTrust(relay_allowed=False, auth_announced=False)
 
 
 def _bye(ctx: SessionContext) -> Reply:
