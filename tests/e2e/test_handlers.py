@@ -101,6 +101,12 @@ CHAINS = {
   <handler class="myhooks:Permissive"/>""",
 }
 
+#: listener options besides the chain
+EXTRA = {
+    "allowed": "<authorizedAddresses>127.0.5.0/24</authorizedAddresses>"
+    "<verifyIdentity>false</verifyIdentity>",
+}
+
 MYHOOKS = '''
 """An administrator's own hooks (loaded from the configuration directory)."""
 
@@ -257,7 +263,7 @@ def handlers(tmp_path_factory: pytest.TempPathFactory, dns_server: TestDns) -> I
   <smtpserver enabled="true">
     <jmxName>{name}</jmxName>
     <bind>127.0.0.1:{ports[name]}</bind>
-    <helloName autodetect="false">mx.kittiwake.test</helloName>
+    <helloName autodetect="false">mx.kittiwake.test</helloName>{EXTRA.get(name, "")}
     <handlerchain>{chain}
     </handlerchain>
   </smtpserver>"""
@@ -475,14 +481,26 @@ def test_max_connection_lifespan_handler(handlers: Handlers) -> None:
     assert c.closed()
 
 
-def test_allowed_unauthenticated_sender_loads_and_leaves_others_alone(
-    handlers: Handlers,
-) -> None:
-    # It applies only to clients trusted by address (authorizedAddresses), which
-    # kittiwake does not implement yet: an ordinary client is not affected.
-    c = handlers.ready("allowed")
+def test_allowed_unauthenticated_sender(handlers: Handlers) -> None:
+    # 127.0.5.0/24 may relay by address (authorizedAddresses), without AUTH: only the
+    # listed senders, scanner@ only from 127.0.0.0/8
+    trusted = handlers.ready("allowed", "127.0.5.1")
+    for sender, want in (
+        ("printer@kittiwake.test", "250"),
+        ("scanner@kittiwake.test", "250"),
+        ("someone@kittiwake.test", "550 5.7.1"),
+        ("", "550 5.7.1"),  # allowNullSender false
+    ):
+        reply = trusted.cmd(f"MAIL FROM:<{sender}>")
+        assert reply.startswith(want), (sender, reply)
+        trusted.cmd("RSET")
+    assert trusted.cmd("MAIL FROM:<printer@kittiwake.test>").startswith("250")
+    assert trusted.cmd("RCPT TO:<someone@elsewhere.test>").startswith("250")  # it relays
+    # an ordinary client is not affected (and may not relay)
+    c = handlers.ready("allowed", "127.0.0.1")
     assert c.cmd("MAIL FROM:<anyone@remote.test>").startswith("250")
     assert c.cmd("RCPT TO:<alice@kittiwake.test>").startswith("250")
+    assert c.cmd("RCPT TO:<someone@elsewhere.test>").startswith("550 5.7.1")
 
 
 def test_rate_limits(handlers: Handlers) -> None:

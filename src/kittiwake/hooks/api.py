@@ -58,7 +58,7 @@ class SessionInfo:
     sender: str | None = None
     recipients: list[str] = field(default_factory=list)
     smtputf8: bool = False
-    #: the client is in ``authorizedAddresses`` (not implemented yet: always False)
+    #: the client's address is in the listener's ``authorizedAddresses`` (set by the server)
     trusted_network: bool = False
     #: time.time() when the connection was accepted
     connected_at: float = field(default_factory=time.time)

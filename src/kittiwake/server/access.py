@@ -95,6 +95,7 @@ class Authenticator:
         self.info = info
         #: the client address is in ``authorizedAddresses``
         self.trusted = client_is_trusted(info.client_ip, access.config.trusted_networks)
+        info.trusted_network = self.trusted  # hooks see it (SessionInfo.relaying_allowed)
         self._mechanism: Mechanism | None = None
         self._failures = 0
 

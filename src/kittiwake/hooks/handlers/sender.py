@@ -31,8 +31,7 @@ class AllowedUnauthenticatedSender(Hook):
 
     An entry without ``fromIps`` is allowed from any trusted address. Any other sender
     gets ``550 5.7.1``. Authenticated sessions, and sessions not allowed to relay, are
-    not affected. Kittiwake does not implement ``authorizedAddresses`` yet, so no
-    session is in that case and this handler refuses nothing today.
+    not affected.
     """
 
     def __init__(self, options: HandlerOptions) -> None:
