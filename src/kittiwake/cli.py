@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kittiwake.auth.passwords import hash_password
+from kittiwake.cli_accounts import CommandError, alias_command, import_users, login_name
 from kittiwake.config.loader import ConfigError, format_report, load_config
 from kittiwake.config.model import Config
-from kittiwake.policy.names import InvalidName, canonical_address, canonical_domain
+from kittiwake.policy.names import InvalidName, canonical_domain
 
 __all__ = ["main"]
 
@@ -91,6 +92,30 @@ def _parser() -> argparse.ArgumentParser:
         p = user_sub.add_parser(action, parents=[common])
         p.add_argument("name", help="the full address, e.g. alice@example.com")
     user_sub.add_parser("list", parents=[common])
+    imp = user_sub.add_parser(
+        "import",
+        parents=[common],
+        help="import Apache James users with their stored hashes (lines of NAME "
+        "[ALGORITHM] HASH on standard input); re-hashed to argon2id at their next login",
+    )
+    imp.add_argument("--file", help="read the lines from this file instead")
+    imp.add_argument("--domain", help="the domain of names without @")
+    imp.add_argument("--replace", action="store_true", help="replace existing users' hashes")
+
+    alias = sub.add_parser("alias", help="address and domain aliases (the rewrite table)")
+    alias_sub = alias.add_subparsers(dest="action", required=True)
+    for action in ("add", "remove"):
+        p = alias_sub.add_parser(action, parents=[common])
+        p.add_argument("source", help="sales@example.com, or @alias.example for a domain")
+        p.add_argument("target", help="alice@example.com (or @example.com for a domain)")
+        p.add_argument(
+            "--type",
+            choices=["address", "forward", "domain", "regex"],
+            help="default: domain for @SOURCE, else address",
+        )
+    p = alias_sub.add_parser("list", parents=[common])
+    p.add_argument("source", nargs="?", help="only the mappings of this source")
+
     return parser
 
 
@@ -114,8 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cert(config, data, args)
         if args.command == "domain":
             return _domain(config, data, args.action, getattr(args, "name", None))
+        if args.command == "user" and args.action == "import":
+            return _import(config, data, args)
         if args.command == "user":
             return _user(config, data, args.action, getattr(args, "name", None))
+        if args.command == "alias":
+            return _alias(config, data, args)
     except _Failure as exc:
         print(f"kittiwake: {exc}", file=sys.stderr)
         return 1
@@ -285,9 +314,9 @@ def _user(config: Config, data: Path, action: str, name: str | None) -> int:
         return 0
     assert name is not None
     try:
-        user = canonical_address(name)
-    except InvalidName:
-        raise _Failure(f"not a valid address: {name!r} (use the full address)") from None
+        user = login_name(config, name)  # no virtual hosting: the default domain appended
+    except CommandError as exc:
+        raise _Failure(str(exc)) from None
     if action == "remove":
         if not store.remove_user(user):
             raise _Failure(f"no such user: {user}")
@@ -313,6 +342,41 @@ def _user(config: Config, data: Path, action: str, name: str | None) -> int:
         store.set_password_hash(user, password_hash)
         print(f"changed the password of {user}")
     return 0
+
+
+def _alias(config: Config, data: Path, args: argparse.Namespace) -> int:
+    store = _store(config, data)
+    try:
+        lines = alias_command(
+            store,
+            args.action,
+            args.source,
+            getattr(args, "target", None),
+            getattr(args, "type", None),
+        )
+    except CommandError as exc:
+        raise _Failure(str(exc)) from None
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _import(config: Config, data: Path, args: argparse.Namespace) -> int:
+    store = _store(config, data)
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                imported, refused = import_users(
+                    store, config, f, domain=args.domain, replace=args.replace
+                )
+        except OSError as exc:
+            raise _Failure(f"cannot read {args.file}: {exc.strerror}") from None
+    else:
+        imported, refused = import_users(
+            store, config, sys.stdin, domain=args.domain, replace=args.replace
+        )
+    print(f"imported {imported} user(s); {refused} line(s) refused")
+    return 1 if refused else 0
 
 
 def _read_password() -> str:

@@ -147,16 +147,18 @@ def to_stored(algorithm: str, salt: str, hash_b64: str, default_mode: str = "pla
 
     Raises:
         UnsupportedAlgorithm: the algorithm cannot be computed.
-        ValueError: the hash is not Base64.
+        ValueError: the hash is not Base64, or not as long as the algorithm's.
     """
     compact = "".join(hash_b64.split())
     try:
-        base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+        base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("the hash is not Base64") from None
-    if not compact:
-        raise ValueError("the hash is empty")
     algo = normalize_algorithm(algorithm, default_mode)
+    want = len(digest(algo, "", ""))
+    if len(compact) != want:
+        # A hash of another algorithm, or cut: it could never match.
+        raise ValueError(f"the hash has {len(compact)} characters; {algo} gives {want}")
     salt_b64 = base64.b64encode(salt.encode("utf-8")).decode("ascii")
     return f"{PREFIX}{algo}${salt_b64}${compact}"
 
