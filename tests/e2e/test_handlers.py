@@ -150,7 +150,11 @@ class Tagger(Hook):
 
 
 class Permissive(Hook):
-    """Says OK to every recipient: kittiwake must still refuse to relay."""
+    """Says OK to every sender and recipient: kittiwake must still refuse to relay and
+    still check the sender's identity."""
+
+    async def on_mail(self, session, mail):
+        return OK
 
     async def on_rcpt(self, session, rcpt):
         return OK
@@ -295,6 +299,10 @@ def test_ok_from_a_custom_hook_does_not_open_relaying(handlers: Handlers) -> Non
     assert c.cmd("RCPT TO:<nobody@kittiwake.test>").startswith("550 5.1.1")
     assert c.cmd("RCPT TO:<alice@kittiwake.test>").startswith("250 2.1.5")
     c.close()
+    # verifyIdentity (strict by default): a local sender needs AUTH, whatever the OK
+    forged = handlers.ready("custom")
+    assert forged.cmd("MAIL FROM:<alice@kittiwake.test>").startswith("530 5.7.0")
+    forged.close()
 
 
 # ---- the custom hook: options, every hook point, failures ----------------------------
