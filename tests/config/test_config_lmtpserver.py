@@ -171,7 +171,7 @@ def test_security_options_fail_closed(load_files: LoadFiles) -> None:
         },
     )
     reasons = [p.reason for p in error.problems]
-    assert any("TLS is not implemented yet" in r for r in reasons)
+    assert any("keystore or (privateKey and certificates) needs" in r for r in reasons)
     assert any("PROXY protocol" in r for r in reasons)
     assert any("mailet container is not implemented yet" in r for r in reasons)
 
@@ -192,6 +192,21 @@ def test_harmless_security_values_and_smtp_only_options(load_files: LoadFiles) -
     assert "<authRequired> (an SMTP option; James's LMTP server does not read it)" in notes
     assert "<smtpGreeting> (an SMTP option" in notes
     assert 'lmtpserver.xml: <lmtpserver name="lmtpserver">/<ioWorkerCount>' in notes
+
+
+def test_tls_as_for_smtp(load_files: LoadFiles, tmp_path: Path) -> None:
+    """Every listener takes James's <tls>, LMTP's too (issue 4)."""
+    config = load_files(
+        {
+            "lmtpserver.xml": lmtp(
+                '<tls startTLS="true"><privateKey>file://conf/k.pem</privateKey>'
+                "<certificates>c.pem</certificates></tls>"
+            )
+        }
+    )
+    (listener,) = lmtp_listeners(config)
+    assert listener.tls is not None and listener.tls.starttls
+    assert listener.tls.private_key == str(tmp_path / "conf" / "k.pem")
 
 
 def test_disabled_listener_refusals_are_only_named(load_files: LoadFiles) -> None:

@@ -44,6 +44,7 @@ class TlsServer:
     mx: int  # clear text, no TLS
     starttls: int  # STARTTLS, PEM files
     smtps: int  # implicit TLS, PKCS#12 keystore (a certificate expiring in 5 days)
+    lmtp: int  # LMTP with STARTTLS
     ca: Path  # both listeners' certificates, for clients that verify
     conf: Path
 
@@ -87,7 +88,14 @@ def tls_conf(base: Path, extra_kittiwake: str = "") -> TlsServer:
     write_p12(key2, cert2, tls / "smtps.p12", b"james72laBalle")
     ca = base / "ca.pem"
     ca.write_bytes(cert.read_bytes() + cert2.read_bytes())
-    mx, starttls, smtps = free_port(), free_port(), free_port()
+    mx, starttls, smtps, lmtp = free_port(), free_port(), free_port(), free_port()
+    (conf / "lmtpserver.xml").write_text(
+        f"""<lmtpservers><lmtpserver><jmxName>lmtp</jmxName><bind>127.0.0.1:{lmtp}</bind>
+    <helloName autodetect="false">{HELLO}</helloName>
+    <tls startTLS="true"><privateKey>tls/starttls.key</privateKey>
+      <certificates>tls/starttls.crt</certificates></tls></lmtpserver></lmtpservers>
+"""
+    )
     (conf / "smtpserver.xml").write_text(
         f"""<?xml version="1.0"?>
 <smtpservers>
@@ -116,7 +124,7 @@ def tls_conf(base: Path, extra_kittiwake: str = "") -> TlsServer:
         f"<kittiwake><tlsHandshakeTimeout>2</tlsHandshakeTimeout>{extra_kittiwake}</kittiwake>"
     )
     kw = Kittiwake(conf=conf, data=base / "data", port=mx, log=base / "kittiwake.log")
-    return TlsServer(kw, mx, starttls, smtps, ca, conf)
+    return TlsServer(kw, mx, starttls, smtps, lmtp, ca, conf)
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +258,20 @@ def test_msmtp(server: TlsServer, mode: str) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert " with ESMTPS id" in server.message(f"msmtp-{mode}").decode()
+
+
+def test_swaks_lmtp_starttls(server: TlsServer) -> None:
+    """Every listener takes <tls>: LMTP with STARTTLS (RFC 2033 allows it)."""
+    swaks = need("swaks")
+    result = subprocess.run(
+        [swaks, "--server", f"127.0.0.1:{server.lmtp}", "--protocol", "LMTP", "--tls",
+         "--tls-verify", "--tls-ca-path", str(server.ca), "--to", ALICE,
+         "--from", "me@example.net", "--header", "Subject: swaks-lmtp"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "<-  220 2.0.0 Ready to start TLS" in result.stdout
+    assert " with LMTP" in server.message("swaks-lmtp").decode()  # LMTPS once lmtp.py says so
 
 
 def test_openssl_s_client(server: TlsServer) -> None:

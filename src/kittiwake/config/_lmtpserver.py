@@ -8,9 +8,10 @@ without the attribute is started, as in James (James's sample file ships
 
 Read: ``jmxName``, ``bind``, ``connectionBacklog``, ``connectiontimeout`` (seconds),
 ``connectionLimit``, ``connectionLimitPerIP``, ``helloName``, ``lmtpGreeting``,
-``maxmessagesize``, and, as for SMTP, ``tls``, ``proxyRequired`` and ``handlerchain``
-(fail closed, see ``_security.py``). Options James reads only for SMTP (``smtpGreeting``,
-``authRequired``, ``verifyIdentity``, ...) are named as ignored.
+``maxmessagesize``, ``tls`` (as for SMTP, ``_tls.py``: STARTTLS or implicit TLS), and
+``proxyRequired`` and ``handlerchain`` (fail closed, see ``_security.py``). Options James
+reads only for SMTP (``smtpGreeting``, ``authRequired``, ``verifyIdentity``, ...) are
+named as ignored.
 
 Where kittiwake's defaults differ from James's code: ``<bind>`` absent is ``127.0.0.1:24``
 (James: ``0.0.0.0:24``; LMTP has no authentication and must only be reachable by the MTA),
@@ -28,6 +29,7 @@ from pathlib import Path
 from kittiwake.config import _security as security
 from kittiwake.config._errors import ConfigError, Findings, Invalid, Problem
 from kittiwake.config._smtpserver import autodetected_hello_name
+from kittiwake.config._tls import read_listener_tls
 from kittiwake.config._values import HostLookup, parse_binds, parse_bool, parse_int, parse_size
 from kittiwake.config._xml import element_text, note_attributes, read_xml
 from kittiwake.config.model import (
@@ -37,6 +39,7 @@ from kittiwake.config.model import (
     Bind,
     ListenerConfig,
     Protocol,
+    TlsConfig,
 )
 
 __all__ = ["DEFAULT_LMTP_BIND", "FILE", "check_lmtp_listeners", "read_lmtpserver"]
@@ -88,7 +91,7 @@ def read_lmtpserver(path: Path, host: HostLookup, findings: Findings) -> list[Li
         )
     listeners = []
     for index, element in enumerate(servers, start=1):
-        listener = _LmtpListener(element, index, host, findings).read()
+        listener = _LmtpListener(element, index, host, findings, path.parent).read()
         if listener.enabled:
             listeners.append(listener)
     return listeners
@@ -151,7 +154,16 @@ def parse_lmtp_binds(text: str, host: HostLookup) -> tuple[tuple[Bind, ...], tup
 class _LmtpListener:
     """Reads one ``<lmtpserver>``; every option lands in an attribute or in findings."""
 
-    def __init__(self, element: ET.Element, index: int, host: HostLookup, f: Findings) -> None:
+    def __init__(
+        self,
+        element: ET.Element,
+        index: int,
+        host: HostLookup,
+        f: Findings,
+        conf_dir: Path = Path("."),
+    ) -> None:
+        self.conf_dir = conf_dir  # relative <tls> paths are taken from here
+        self.tls: TlsConfig | None = None
         self.element = element
         self.host = host
         self.findings = f
@@ -199,7 +211,9 @@ class _LmtpListener:
                     continue
                 seen.add(tag)
             if tag == "tls":
-                security.check_tls(gate, child, path)
+                self.tls = read_listener_tls(
+                    child, path, self.findings, self.conf_dir, self.enabled
+                )
             elif tag == "proxyRequired":
                 security.check_proxy_required(gate, child, path)
             elif tag == "handlerchain":
@@ -229,6 +243,7 @@ class _LmtpListener:
             hello_name=self.hello_name or autodetected_hello_name(self.host),
             greeting=self.greeting,
             max_message_size=self.max_message_size,
+            tls=self.tls,
             # James's LMTPConfiguration turns HELO and bracket enforcement off; kittiwake
             # keeps both on (LHLO first, RFC 2033 4.1; paths in <>): MTAs do both anyway.
         )
