@@ -127,7 +127,8 @@ def supervise(
         code = os.waitstatus_to_exitcode(wait_status)
         limits.reset_worker(index)
         if stopping:
-            if code != 0:
+            # A worker still starting when the signal came dies of it: nothing was open.
+            if code not in (0, -signal.SIGTERM, -signal.SIGINT):
                 status = 1
             continue
         log.error("worker %d (pid %d) exited with %d; restarting it", index, pid, code)
