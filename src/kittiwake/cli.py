@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     p = alias_sub.add_parser("list", parents=[common])
     p.add_argument("source", nargs="?", help="only the mappings of this source")
 
+    from kittiwake.mailet.commands import add_parsers  # repo, sendmail (issue 7)
+
+    add_parsers(sub, common)
     return parser
 
 
@@ -125,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(Path(args.conf) if args.conf else None)
         if args.command in ("serve", "config"):
             config = _check_handlers(config)
+            config = _check_mailets(config)
     except ConfigError as exc:
         print(f"kittiwake: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -145,10 +149,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _user(config, data, args.action, getattr(args, "name", None))
         if args.command == "alias":
             return _alias(config, data, args)
+        if args.command in ("repo", "sendmail"):
+            return _mailet_command(config, data, args)
     except _Failure as exc:
         print(f"kittiwake: {exc}", file=sys.stderr)
         return 1
     return 2
+
+
+def _check_mailets(config: Config) -> Config:
+    """Compile the mailet container once (``mailetcontainer.xml`` or the default), so
+    that a bad class or parameter stops here; James classes kittiwake does not have
+    join the report.
+
+    Raises:
+        ConfigError: the container's problems.
+    """
+    from kittiwake.mailet import build_container, load_spec
+
+    spec = load_spec(config.source)
+    container = build_container(
+        spec, Path("."), postmaster=config.server.postmaster, hostname="localhost"
+    )
+    notes = tuple(container.notes)
+    return dataclasses.replace(config, unimplemented=config.unimplemented + notes)
+
+
+def _mailet_command(config: Config, data: Path, args: argparse.Namespace) -> int:
+    from kittiwake.mailet.commands import CommandError, run_repo
+    from kittiwake.mailet.sendmail import run_sendmail
+
+    try:
+        if args.command == "repo":
+            return run_repo(data, args)
+        data.mkdir(parents=True, exist_ok=True)
+        return run_sendmail(args, data, config.domains.default_domain)
+    except CommandError as exc:
+        raise _Failure(str(exc)) from None
 
 
 def _check_handlers(config: Config) -> Config:

@@ -11,11 +11,6 @@ from kittiwake.config import Config, ConfigError, HostLookup, load_config
 
 LoadFiles = Callable[[dict[str, str]], Config]
 
-PROCESSORS = (
-    "mailetcontainer.xml: processors (the mailet container is not implemented yet; "
-    "the built-in spool-to-Maildir flow is used)"
-)
-
 
 def domainlist(body: str, attributes: str = "") -> dict[str, str]:
     return {"domainlist.xml": f"<domainlist{attributes}>{body}</domainlist>"}
@@ -229,8 +224,6 @@ def test_mailetcontainer_rest_is_named(load_files: LoadFiles) -> None:
     assert config.unimplemented == (
         "mailetcontainer.xml: <mailetcontainer>/@enableJmx",
         "mailetcontainer.xml: <context>/<lanes>",
-        "mailetcontainer.xml: <spooler>",
-        PROCESSORS,
     )
 
 

@@ -171,8 +171,10 @@ def read_postmaster(path: Path, default_domain: str, findings: Findings) -> str:
     address = "postmaster"
     element_path: str | None = None
     for child in root:
-        if child.tag == "processors":
-            findings.unimplemented.append(PROCESSORS_NOTE)
+        if child.tag == "processors" or (
+            child.tag == "spooler" and root.find("processors") is not None
+        ):
+            continue  # the mailet container reads them (kittiwake.mailet.config)
         elif child.tag != "context":
             findings.ignored(f"<{child.tag}>")
         else:
