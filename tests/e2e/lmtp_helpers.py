@@ -47,23 +47,26 @@ def make_lmtp(tmp_path: Path, extra: str = "") -> LmtpServer:
 
 def running(server: LmtpServer) -> Iterator[LmtpServer]:
     server.kw.start()
-    wait_for_lmtp(server.port)
+    wait_for_lmtp(server)
     yield server
     if server.kw.proc is not None:
         code = server.kw.stop()
         assert code == 0, server.kw.log_text()[-3000:]
 
 
-def wait_for_lmtp(port: int, timeout: float = 10.0) -> None:
+def wait_for_lmtp(server: LmtpServer, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
+    proc = server.kw.proc
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"kittiwake exited: {server.kw.log_text()[-3000:]}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=0.5) as s:
                 if s.recv(512).startswith(b"220"):
                     return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"no LMTP greeting on {port}")
+    raise RuntimeError(f"no LMTP greeting on {server.port}: {server.kw.log_text()[-3000:]}")
 
 
 class Wire:

@@ -64,7 +64,8 @@ def test_bug_lmtp_too_big_data_answered_once() -> None:
     s.lines("RCPT TO:<bob@local.test>", "RCPT TO:<nobody@local.test>", "RCPT TO:<carol@local.test>")
     s.lines("DATA")
     got = s.lines("too long for five", ".")
-    assert got == [["552 5.3.4 Message size exceeds fixed maximum message size"]] * 3
+    too_big = "552 5.3.4 <{}@local.test> Message size exceeds fixed maximum message size"
+    assert got == [[too_big.format(r)] for r in ("alice", "bob", "carol")]
     assert s.app.events[-1] == "MessageAborted"
     assert s.lines("RCPT TO:<bob@local.test>") == [["503 5.5.1 Need MAIL before RCPT"]]
 
@@ -73,7 +74,8 @@ def test_bug_lmtp_too_big_bdat_last_answered_once() -> None:
     s = opened(Mode.LMTP, max_message_size=5)
     s.lines("RCPT TO:<bob@local.test>")
     got = s.feed(b"BDAT 8 LAST\r\n12345678")
-    assert got == [["552 5.3.4 Message size exceeds fixed maximum message size"]] * 2
+    too_big = "552 5.3.4 <{}@local.test> Message size exceeds fixed maximum message size"
+    assert got == [[too_big.format(r)] for r in ("alice", "bob")]
 
 
 def test_lmtp_too_big_non_last_chunk_answered_once() -> None:

@@ -119,6 +119,7 @@ class ServerConnection:
         self._closing = False  # close once the current reply is out
         self._tx_smtputf8 = False
         self._tx_recipients = 0
+        self._tx_rcpts: list[str] = []  # accepted, in order: LMTP names them in replies
         self._tx_size = 0
         self._tx_too_big = False
 
@@ -626,6 +627,7 @@ class ServerConnection:
             self._tx_smtputf8 = event.smtputf8
         elif isinstance(event, RcptTo):
             self._tx_recipients += 1
+            self._tx_rcpts.append(event.address)
         self.state = target
         self._reply(reply)
 
@@ -653,6 +655,7 @@ class ServerConnection:
             self.state = State.GREETED
         self._tx_smtputf8 = False
         self._tx_recipients = 0
+        self._tx_rcpts = []
         self._tx_size = 0
         self._tx_too_big = False
         self._chunk = ChunkReader()
@@ -726,8 +729,12 @@ class ServerConnection:
     def _message_end(self, *, final: bool = True) -> Event:
         if self._tx_too_big:
             # After the final dot / LAST chunk, LMTP answers per recipient (RFC 2033 4.2).
-            lmtp = final and self.settings.mode is Mode.LMTP
-            for _ in range(self._tx_recipients if lmtp else 1):
+            # Each names its recipient, as the application's replies after the dot do.
+            if final and self.settings.mode is Mode.LMTP:
+                too_big = R.MESSAGE_TOO_BIG
+                for rcpt in self._tx_rcpts:
+                    self._reply(too_big.with_text(f"<{rcpt}> {too_big.text}"))
+            else:
                 self._reply(R.MESSAGE_TOO_BIG)
             self._reset_transaction()
             return MessageAborted("message too big")

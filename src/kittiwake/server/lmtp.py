@@ -166,17 +166,17 @@ class LmtpSession(Session):
         return [_reply(o, message.queue_id) for o in outcomes]
 
     def _trace_header(self, queue_id: str) -> bytes:
-        """Return-Path and Received (RFC 5321 4.4; ``with LMTP``: RFC 3848)."""
+        """Return-Path and Received (RFC 5321 4.4; ``with LMTP``/``LMTPS``: RFC 3848)."""
         info = self.info
         rcpts = info.recipients
         for_clause = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
         peer = "" if info.client_ip == UNIX_CLIENT else f" ([{info.client_ip}])"
-        with_ = "UTF8LMTP" if info.smtputf8 else "LMTP"
         date = format_datetime(datetime.now(UTC))
         return (
             f"Return-Path: <{info.sender or ''}>\r\n"
             f"Received: from {info.helo or 'unknown'}{peer}\r\n"
-            f"\tby {self.ctx.hostname} (kittiwake) with {with_} id {queue_id}"
+            f"{self._tls_comment()}"
+            f"\tby {self.ctx.hostname} (kittiwake) with {self._with_protocol()} id {queue_id}"
             f"{for_clause};\r\n\t{date}\r\n"
         ).encode()
 
