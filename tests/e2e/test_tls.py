@@ -4,6 +4,7 @@ reload; the embedded default; the drop to an unprivileged user."""
 
 from __future__ import annotations
 
+import base64
 import os
 import pwd
 import shutil
@@ -106,7 +107,8 @@ def tls_conf(base: Path, extra_kittiwake: str = "") -> TlsServer:
     <tls startTLS="true" socketTLS="false">
       <privateKey>file://conf/tls/starttls.key</privateKey>
       <certificates>file://conf/tls/starttls.crt</certificates>
-    </tls></smtpserver>
+    </tls>
+    <auth><announce>always</announce><requireSSL>false</requireSSL></auth></smtpserver>
   <smtpserver><jmxName>smtps</jmxName><bind>127.0.0.1:{smtps}</bind>
     <helloName autodetect="false">{HELLO}</helloName>
     <tls socketTLS="true" startTLS="false">
@@ -271,7 +273,8 @@ def test_swaks_lmtp_starttls(server: TlsServer) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "<-  220 2.0.0 Ready to start TLS" in result.stdout
-    assert " with LMTP" in server.message("swaks-lmtp").decode()  # LMTPS once lmtp.py says so
+    head = server.message("swaks-lmtp").split(b"\r\n\r\n", 1)[0].decode()
+    assert " with LMTPS id" in head and "(using TLSv1.3 with cipher" in head, head
 
 
 def test_openssl_s_client(server: TlsServer) -> None:
@@ -366,6 +369,45 @@ def test_starttls_not_offered_on_a_listener_without_tls(server: TlsServer) -> No
     w.send(b"STARTTLS\r\n")
     assert w.reply().startswith(b"502 5.5.1")
     w.close()
+
+
+def auth_plain(w: Wire, user: str = ALICE, password: str = "secret") -> bytes:
+    token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    w.send(f"AUTH PLAIN {token}\r\n".encode())
+    return w.reply()
+
+
+def test_starttls_refused_after_auth(server: TlsServer) -> None:
+    """AUTH in clear text (requireSSL false here), then STARTTLS: refused (a man in the
+    middle could otherwise hand over a session he authenticated); mail goes on as ESMTPA."""
+    w = Wire(server.starttls)
+    w.reply()
+    ehlo(w)
+    assert auth_plain(w).startswith(b"235 ")
+    w.send(b"STARTTLS\r\n")
+    assert w.reply().startswith(b"503 5.5.1 STARTTLS not allowed after AUTH")
+    w.send(b"MAIL FROM:<alice@kittiwake.test>\r\nRCPT TO:<alice@kittiwake.test>\r\nDATA\r\n")
+    assert w.reply().startswith(b"250 ")
+    assert w.reply().startswith(b"250 ")
+    assert w.reply().startswith(b"354")
+    w.send(b"From: alice@kittiwake.test\r\nSubject: auth-clear\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    assert w.reply().startswith(b"250 2.0.0")
+    w.close()
+    assert " with ESMTPA id" in server.message("auth-clear").decode()
+
+
+def test_swaks_starttls_and_auth_is_esmtpsa(server: TlsServer) -> None:
+    swaks = need("swaks")
+    result = subprocess.run(
+        [swaks, "--server", f"127.0.0.1:{server.starttls}", "--tls", "--tls-verify",
+         "--tls-ca-path", str(server.ca), "--auth", "PLAIN", "--auth-user", ALICE,
+         "--auth-password", "secret", "--to", ALICE, "--from", ALICE,
+         "--header", "Subject: swaks-esmtpsa"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    head = server.message("swaks-esmtpsa").split(b"\r\n\r\n", 1)[0].decode()
+    assert " with ESMTPSA id" in head and "(using TLSv1.3 with cipher" in head, head
 
 
 # ---- the injection (CVE-2011-0411, CVE-2024-34083) ---------------------------------
@@ -600,6 +642,56 @@ def test_embedded_default(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]
+
+
+# ---- the repository's conf/ ---------------------------------------------------------
+
+
+def test_sample_conf_serves(tmp_path: Path) -> None:
+    """conf/ as shipped (ports 25/465/587, certificates in /etc/kittiwake/tls) moved to
+    free loopback ports and a fresh certificate: MX, submissions, submission all work."""
+    conf = tmp_path / "conf"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "conf", conf)
+    write_pem_pair(conf / "tls", "sample")
+    ports = {25: free_port(), 465: free_port(), 587: free_port()}
+    xml = (conf / "smtpserver.xml").read_text()
+    for real, port in ports.items():
+        xml = xml.replace(f"<bind>0.0.0.0:{real}</bind>", f"<bind>127.0.0.1:{port}</bind>")
+    xml = xml.replace("/etc/kittiwake/tls/privkey.pem", str(conf / "tls" / "sample.key"))
+    xml = xml.replace("/etc/kittiwake/tls/fullchain.pem", str(conf / "tls" / "sample.crt"))
+    (conf / "smtpserver.xml").write_text(xml)
+    kw = Kittiwake(conf=conf, data=tmp_path / "data", port=ports[25], log=tmp_path / "log")
+    kw.add_user("you@example.com")
+    if os.geteuid() != 0:
+        kw.env = {"KITTIWAKE_USER": ""}
+    kw.start()
+    try:
+        w = Wire(ports[25])
+        w.reply()
+        assert b"STARTTLS" in ehlo(w)
+        w.send(b"MAIL FROM:<them@example.net>\r\nRCPT TO:<you@example.com>\r\nDATA\r\n")
+        assert [w.reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        w.send(b"Subject: to the MX\r\n\r\nhi\r\n.\r\n")
+        assert w.reply().startswith(b"250 2.0.0")
+        w.close()
+        kw.wait_messages("you@example.com", 1)
+        w = Wire(ports[465], tls=client_context())
+        w.reply()
+        assert b"AUTH PLAIN LOGIN" in ehlo(w)
+        w.send(b"MAIL FROM:<you@example.com>\r\n")
+        assert w.reply().startswith(b"530 5.7.0")
+        assert auth_plain(w, "you@example.com").startswith(b"235 ")
+        w.close()
+        w = Wire(ports[587])
+        w.reply()
+        assert b"AUTH" not in ehlo(w)  # requireSSL: not before STARTTLS
+        w.send(b"STARTTLS\r\n")
+        w.reply()
+        w.starttls(client_context())
+        assert b"AUTH PLAIN LOGIN" in ehlo(w)
+        w.close()
+    finally:
+        assert kw.stop() == 0, kw.log_text()[-3000:]
 
 
 # ---- privileges --------------------------------------------------------------------
