@@ -19,14 +19,13 @@ from dataclasses import dataclass
 
 from kittiwake.config._errors import Findings, Invalid
 from kittiwake.config._values import parse_bool
-from kittiwake.config._xml import element_text, note_attributes
+from kittiwake.config._xml import element_text
 
 __all__ = [
     "SECURITY_ELEMENTS",
     "Gate",
     "check_proxy_required",
     "check_server_socket_type",
-    "check_tls",
     "check_use_tls",
 ]
 
@@ -76,26 +75,6 @@ def _bool(gate: Gate, text: str | None, path: str) -> bool | None:
     except Invalid as exc:
         gate.bad_value(path, str(exc))
         return None
-
-
-def _bool_attribute(gate: Gate, element: ET.Element, name: str, path: str) -> bool:
-    raw = element.get(name)
-    return bool(_bool(gate, raw, f"{path}/@{name}")) if raw is not None else False
-
-
-def check_tls(gate: Gate, element: ET.Element, path: str) -> None:
-    """``<tls socketTLS=".." startTLS="..">``: only both false is accepted."""
-    note_attributes(element, path, gate.findings, frozenset({"socketTLS", "startTLS"}))
-    socket_tls = _bool_attribute(gate, element, "socketTLS", path)
-    start_tls = _bool_attribute(gate, element, "startTLS", path)
-    if socket_tls and start_tls:
-        # James: "startTLS is only supported when using plain sockets".
-        gate.bad_value(path, "socketTLS and startTLS cannot both be true")
-    elif socket_tls or start_tls:
-        which = "socketTLS" if socket_tls else "startTLS"
-        gate.refuse(path, f'TLS is not implemented yet ({which}="true"); set it to false')
-    else:
-        gate.harmless(path, "TLS is off: socketTLS and startTLS are false")
 
 
 def check_use_tls(gate: Gate, element: ET.Element, path: str) -> None:

@@ -53,7 +53,6 @@ _JAMES_DEFAULT_PORT = 25
 _MAX_LINE = (1000, 1048576)  # James SMTPServer: maxLineLength outside this is an error
 
 _SECURITY: dict[str, Callable[[security.Gate, ET.Element, str], None]] = {
-    "tls": security.check_tls,
     "proxyRequired": security.check_proxy_required,
     "useTLS": security.check_use_tls,
     "serverSocketType": security.check_server_socket_type,
@@ -62,7 +61,7 @@ _VALUES = frozenset(
     {"jmxName", "bind", "port", "connectionBacklog", "connectiontimeout", "connectionLimit"}
     | {"connectionLimitPerIP", "helloName", "smtpGreeting", "maxmessagesize", "maxLineLength"}
     | {"heloEhloEnforcement", "addressBracketsEnforcement", "disabledFeatures"}
-    | {"handlerchain"}
+    | {"handlerchain", "tls"}  # read by _handlerchain.py and _tls.py
 )
 _KNOWN_BY_LOWER = {name.lower(): name for name in _VALUES | security.SECURITY_ELEMENTS}
 

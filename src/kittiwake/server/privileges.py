@@ -168,7 +168,7 @@ def drop(who: RunAs) -> None:
         PrivilegeError: root could be regained (the drop did not take).
     """
     if who.uid == 0:
-        log.warning("running as root (<user>root</user>): privileges are not dropped")
+        log.warning("running as root (user root was asked for): privileges are not dropped")
         return
     os.setgroups(list(who.groups))
     os.setgid(who.gid)
