@@ -644,6 +644,74 @@ def test_embedded_default(tmp_path: Path) -> None:
         assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]
 
 
+# ---- client certificates ------------------------------------------------------------
+
+
+def client_pair(directory: Path) -> tuple[Path, Path]:
+    """A self-signed client certificate (clientAuth), its own CA."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client.kittiwake.test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "client.key", directory / "client.crt"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def test_client_auth_requires_a_trusted_client_certificate(tmp_path: Path) -> None:
+    srv = tls_conf(tmp_path)
+    key, cert = client_pair(tmp_path)
+    xml = srv.conf / "smtpserver.xml"
+    xml.write_text(
+        xml.read_text().replace(
+            "<secret>james72laBalle</secret>",
+            f"<secret>james72laBalle</secret><clientAuth><truststore>{cert}</truststore>"
+            "</clientAuth>",
+        )
+    )
+    srv.kw.start()
+    try:
+        anonymous = client_context(srv.ca)
+        try:  # TLS 1.3: the refusal comes with the first read, as an alert or a bare close
+            w = Wire(srv.smtps, tls=anonymous)
+            assert w.reply() == b""
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+        with_cert = client_context(srv.ca)
+        with_cert.load_cert_chain(cert, key)
+        w = Wire(srv.smtps, tls=with_cert)
+        assert w.reply().startswith(b"220 ")
+        ehlo(w)
+        w.close()
+        assert subject_of(srv.starttls, implicit=False)  # the other listeners ask for none
+    finally:
+        assert srv.kw.stop() == 0, srv.kw.log_text()[-3000:]
+
+
 # ---- the repository's conf/ ---------------------------------------------------------
 
 
