@@ -1,10 +1,11 @@
 """Facts about a recipient, gathered from the stores for the pure rules in
 ``policy.recipients`` and ``policy.relay``; used at RCPT time and again at delivery time.
 
-At RCPT the recipient rewrite table (aliases) is applied (:func:`gather`): the facts say
-whether the recipient can take mail, and the targets are what goes into the envelope,
-so delivery sees the final addresses (as Postfix's ``virtual_alias_maps`` rewrite before
-the queue file is committed).
+At RCPT the recipient rewrite table (aliases) is applied (:func:`gather`) to judge the
+recipient: an alias leading to a user (or elsewhere) can take mail, one leading only to
+unknown local users cannot, a loop is refused. The envelope keeps the address as
+given; the mailet container's RecipientRewriteTable rewrites it at delivery, as James
+does (``Recipient.targets`` is what that will give).
 """
 
 from __future__ import annotations

@@ -92,8 +92,6 @@ class Session:
         self._trace_size = 0
         #: AUTH and trust (None where the listener has no ``Access``, e.g. LMTP)
         self.auth = Authenticator(ctx.access, info) if ctx.access is not None else None
-        # the current transaction's final addresses (the rewrite table applied), in order
-        self._targets: dict[str, None] = {}
 
     # ---- decisions ----------------------------------------------------------------
 
@@ -223,7 +221,6 @@ class Session:
         if refusal is not None:
             self._log_refusal("MAIL", refusal, event.address)
             return refusal
-        self._targets = {}
         self._mail = event
         self.info.sender = event.address
         self.info.recipients = []
@@ -235,7 +232,10 @@ class Session:
         if result.refused:
             return result.refusal()
         # Mandatory rules: run whatever the hooks answered (OK included). The relay rule
-        # first; then, as James rechecks at RCPT, the sender's identity.
+        # first; then, as James rechecks at RCPT, the sender's identity. The rewrite
+        # table is applied to judge the recipient (an alias of a user is valid); the
+        # envelope keeps the address as given, and the mailet container's
+        # RecipientRewriteTable rewrites it at delivery, as in James.
         auth = self.auth
         access = self.ctx.access
         table = access.table() if access is not None and self.ctx.protocol == "SMTP" else None
@@ -248,8 +248,6 @@ class Session:
             self._log_refusal("RCPT", refusal, event.address)
             return refusal
         self.info.recipients.append(event.address)
-        for target in rcpt.targets if table is not None else (event.address,):
-            self._targets.setdefault(target, None)
         return R.RECIPIENT_OK
 
     def _log_refusal(self, verb: str, refusal: Reply, address: str) -> None:
@@ -312,17 +310,18 @@ class Session:
                 self._abort_message()
                 return self._per_recipient(refusal, n)
         info = self.info
-        # The final addresses (aliases applied at RCPT) are what the spool delivers to.
-        targets = tuple(self._targets) if self._targets else tuple(info.recipients)
         envelope = Envelope(
             queue_id=writer.queue_id,
             sender=info.sender or "",
-            recipients=targets,
+            recipients=tuple(info.recipients),
             client_address=info.client_ip,
             helo=info.helo or "",
             protocol=self._with_protocol(),
             received_at=time.time(),
             size=writer.size,
+            # the mailet container's SMTPAuthSuccessful / SMTPIsAuthNetwork (relay-allowed)
+            auth_user=info.authenticated_user or "",
+            auth_network=info.trusted_network,
         )
         try:
             await writer.commit(envelope)
