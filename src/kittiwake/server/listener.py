@@ -165,7 +165,14 @@ class Connection(asyncio.Protocol):
         if self._after_handshake is not None:
             self._after_handshake += data
             return
+        injected = self.core.state is State.TLS_HANDSHAKE  # clear text after STARTTLS's 220
         self.core.receive_data(data)
+        transport = self.transport
+        if injected and transport is not None and not transport.is_closing():
+            # The core closed with 554 5.7.0: say so and close now, whatever the session
+            # loop is waiting for (it has not started the handshake yet).
+            transport.write(self.core.data_to_send())
+            transport.close()
         if len(self.core._buf) > _READ_HIGH_WATER and self.transport is not None:
             self.transport.pause_reading()
             self._reading_paused = True
