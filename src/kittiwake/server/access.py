@@ -15,6 +15,7 @@ AUTH, in order (RFC 4954 4 and 6):
   (argon2 takes tens of milliseconds) against a dummy hash when the user is unknown,
   so that timing tells nothing; an imported James hash is replaced by argon2id on
   success; an authorization identity other than the user needs ``administratorIds``;
+* the user store failing: ``454 4.7.0`` (temporary);
 * success: ``235 2.7.0``; failure: ``535 5.7.8``, logged with address and user name
   (never the password), counted for the address (shared by every worker through
   SQLite) and for the connection, whose third failure is ``421 4.7.0`` and the end.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -218,7 +220,11 @@ class Authenticator:
         if isinstance(step, Failure):
             return step.reply
         assert isinstance(step, Credentials)
-        identity = await self._check(step)
+        try:
+            identity = await self._check(step)
+        except (sqlite3.Error, OSError):
+            log.exception("%s: AUTH: the user store failed", self.info.session_id)
+            return R.AUTH_TEMPORARY  # 454 4.7.0: try again later (RFC 4954 6)
         refusal = await hook(mechanism.name, identity or step.authcid, identity is not None)
         if identity is not None and refusal is None:
             self.info.authenticated_user = identity
@@ -252,9 +258,16 @@ class Authenticator:
             return None
         if needs_rehash(stored):
             # As James's DefaultUser does on login: the hash moves to today's algorithm.
-            new_hash = await asyncio.to_thread(hash_password, creds.password)
-            await asyncio.to_thread(users.set_password_hash, authcid, new_hash)
-            log.info("%s: password hash of %s upgraded to argon2id", self.info.session_id, authcid)
+            # A failure here costs nothing but the upgrade: the login stands.
+            try:
+                new_hash = await asyncio.to_thread(hash_password, creds.password)
+                await asyncio.to_thread(users.set_password_hash, authcid, new_hash)
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("%s: cannot re-hash %s: %s", self.info.session_id, authcid, exc)
+            else:
+                log.info(
+                    "%s: password hash of %s upgraded to argon2id", self.info.session_id, authcid
+                )
         authzid = self._login_name(creds.authzid) if creds.authzid else ""
         if authzid is None:
             return None
