@@ -139,7 +139,7 @@ class Session:
         await self.ctx.hooks.disconnected(self.info)
 
     async def auth_result(self, mechanism: str, user: str | None, success: bool) -> Reply | None:
-        """The AUTH command's call site (AUTH comes in a later issue): after the SASL
+        """The AUTH hooks' call site (``server/access.py`` calls it): after the SASL
         exchange, before answering it.
 
         Returns:
