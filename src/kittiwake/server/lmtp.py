@@ -156,9 +156,10 @@ class LmtpSession(Session):
             return _all(recipients, R.LOCAL_ERROR)
         try:
             outcomes = await self.delivery.deliver(message, targets, received_at)
-        except OSError as exc:
+        except Exception as exc:  # the file or the journal failed: nobody gets a 250
             log.error("%s: delivery of %s failed: %s", info.session_id, message.queue_id, exc)
-            return _all(recipients, _storage_reply(exc))
+            reply = _storage_reply(exc) if isinstance(exc, OSError) else R.LOCAL_ERROR
+            return _all(recipients, reply)
         self.messages += 1
         self.recipients += sum(o.status is Status.SENT for o in outcomes)
         if maillog.isEnabledFor(logging.INFO):
