@@ -206,13 +206,10 @@ class _Failure(Exception):
 
 
 def _serve(config: Config, data: Path, level: str, workers: int, user: str | None) -> int:
+    from kittiwake.logsetup import setup_logging
     from kittiwake.server.runtime import run
 
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(level)
     for item in config.unimplemented:
         logging.getLogger("kittiwake.config").warning("not implemented yet, ignored: %s", item)
     from kittiwake.server.privileges import PrivilegeError

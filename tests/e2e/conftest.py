@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from kittiwake.logsetup import FLUSH_INTERVAL
+
 KITTIWAKE = [sys.executable, "-m", "kittiwake.cli"]
 #: Tests run as root (CI containers) keep root: their data directories live in root's
 #: private temporary directory. tests/e2e/test_tls.py covers the drop to another user.
@@ -133,6 +135,10 @@ class Kittiwake:
         raise AssertionError(f"{address}: {len(self.messages(address))} messages, want {count}")
 
     def log_text(self) -> str:
+        """The log so far. The server writes its info lines in batches (logsetup.py), so
+        a running one is given the time to write what it has."""
+        if self.proc is not None and self.proc.poll() is None:
+            time.sleep(FLUSH_INTERVAL + 0.1)
         return self.log.read_text(errors="replace")
 
 
