@@ -46,7 +46,7 @@ class SessionInfo:
     session_id: str
     helo: str | None = None
     esmtp: bool = False
-    #: the SASL identity once AUTH succeeded (AUTH comes in a later issue)
+    #: the SASL identity once AUTH succeeded
     authenticated_user: str | None = None
     tls: bool = False
     #: the TLS protocol and cipher once the connection is encrypted ("TLSv1.3",
