@@ -81,6 +81,10 @@ def listener(name: str, port: int, body: str) -> str:
 NOAUTH = '<handlerchain coreHandlersPackage="org.apache.james.smtpserver.NoAuthCmdHandlerLoader"/>'
 CLEAR = "<requireSSL>false</requireSSL><ipFailureLimit>1000</ipFailureLimit>"
 NO_BUDGET = "<ipFailureLimit>1000</ipFailureLimit>"
+DEAD_DNS = (
+    "<dnsservice><servers><server>127.0.0.1:9</server></servers>"
+    "<autodiscover>false</autodiscover><timeout>1</timeout></dnsservice>"
+)
 
 
 def make_server(base: Path, *, budget: str = "", workers: int = 1) -> AuthServer:
@@ -115,6 +119,9 @@ def make_server(base: Path, *, budget: str = "", workers: int = 1) -> AuthServer
         + "</smtpservers>"
     )
     (conf / "domainlist.xml").write_text(DOMAINLIST)
+    # a name server that never answers: relayed mail stays in RemoteDelivery's outgoing
+    # queue (a temporary DNS failure defers it), neither sent nor bounced
+    (conf / "dnsservice.xml").write_text(DEAD_DNS)
     (conf / "usersrepository.xml").write_text(
         "<usersrepository><enableVirtualHosting>true</enableVirtualHosting>"
         f"<administratorIds><administratorId>{ADMIN}</administratorId></administratorIds>"
@@ -278,14 +285,14 @@ def test_relayed_mail_stays_queued(server: AuthServer) -> None:
         assert rcpt in kept_for_remote_delivery(server, queue_id)
     log = server.kw.log_text()
     for queue_id in (qid, qid2):
-        assert f"{queue_id}: RemoteDelivery is not implemented yet; kept in repository" in log
+        assert f"{queue_id}: queued for remote delivery as outgoing/" in log
         assert not re.search(rf"{queue_id}\S*: to=<far2?@remote.test>, status=failed", log)
         assert "relay-denied" not in log
 
 
 def kept_for_remote_delivery(server: AuthServer, queue_id: str, timeout: float = 10.0) -> str:
-    """The envelope of ``queue_id`` (or a part of it) kept for RemoteDelivery: the mailet
-    container's stand-in stores it durably in DATA/repositories/outgoing."""
+    """The envelope of ``queue_id`` (or a part of it) kept for RemoteDelivery: its
+    outgoing queue is DATA/repositories/outgoing."""
     outgoing = server.kw.data / "repositories" / "outgoing"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -368,6 +368,7 @@ class MailetDeliverer:
             mail.state = state
             if state != ROOT:
                 mail.attributes["mailRepository-reprocessing"] = state
+            mail.error_message = getattr(env, "error", "") or None
         return mail
 
     def _process(self, run: _Run) -> None:

@@ -10,6 +10,7 @@ from kittiwake.delivery.dsn import DsnRecipient, build_dsn
 from kittiwake.mailet.api import GHOST, ROOT, Mail, Mailet, MailetConfig, MailetError
 from kittiwake.mailet.matchers import SENT_BY_MAILET
 from kittiwake.mailet.message import Message
+from kittiwake.mailet.remote import RemoteDelivery
 from kittiwake.policy.names import InvalidName, canonical_address, canonical_domain
 from kittiwake.policy.rewrite import DEFAULT_MAPPING_LIMIT, expand
 
@@ -256,7 +257,7 @@ class DSNBounce(Bounce):
 
 
 class RemoteDeliveryPending(Mailet):
-    """Stands in for RemoteDelivery until it exists: the mail is kept in the
+    """Stood in for RemoteDelivery before it existed (issue 8): the mail is kept in the
     ``outgoing`` repository (nothing is lost), to be reprocessed into ``relay`` later
     (``kittiwake repo reprocess outgoing --processor relay``)."""
 
@@ -317,4 +318,6 @@ MAILETS: dict[str, type[Mailet]] = {
         DSNBounce,
     )
 }
-MAILETS["RemoteDelivery"] = RemoteDeliveryPending
+# issue 8: the real one (the stand-in above stays for custom configurations that
+# name it by its dotted path)
+MAILETS["RemoteDelivery"] = RemoteDelivery

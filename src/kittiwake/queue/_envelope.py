@@ -48,6 +48,9 @@ class Envelope:
     #: the mailet processor to start in ("" = root); set when a repository mail is
     #: reprocessed into a chosen processor
     state: str = ""
+    #: why the mail is sent to ``state`` (the mailet container's ``error_message``):
+    #: RemoteDelivery's failure reply for its bounce processor
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,8 @@ def _optional(env: Envelope) -> dict[str, Any]:
         out["authnet"] = True
     if env.state:
         out["state"] = env.state
+    if env.error:
+        out["error"] = env.error
     return out
 
 
@@ -123,6 +128,7 @@ def decode_record(line: bytes) -> Envelope | None:
             auth_user=str(obj.get("auth", "")),
             auth_network=bool(obj.get("authnet", False)),
             state=str(obj.get("state", "")),
+            error=str(obj.get("error", "")),
         )
     except (ValueError, KeyError, TypeError):
         return None

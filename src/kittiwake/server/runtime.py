@@ -105,7 +105,7 @@ class Server:
             deliverer.owner = maildir
         self.local_deliverer = deliverer  # LMTP's, and LocalDelivery's in the container
         # issue 7: the mailet container (mailetcontainer.xml, else James's default flow)
-        # takes every recipient; relayed mail is kept by its RemoteDelivery stand-in
+        # takes every recipient; relayed mail goes to RemoteDelivery (issue 8, started below)
         self.mailets = mailet_deliverer(
             config.source,
             data_dir,

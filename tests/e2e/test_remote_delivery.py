@@ -1,0 +1,217 @@
+"""RemoteDelivery (issue 8) against a real kittiwake: an authenticated submission is
+relayed to a second SMTP server on 127.0.0.2 found through the loopback DNS server's MX
+record; a 4xx is retried on the delayTime schedule until it succeeds; a 5xx comes back
+to the sender's Maildir as a DSN made by the bounce processor."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from kittiwake.mailet.default import DEFAULT_MAILETCONTAINER
+from kittiwake.tls import generate_self_signed
+from kw_dns import TestDns
+
+from .conftest import Kittiwake, free_port, make_kittiwake
+
+ALICE = "alice@kittiwake.test"
+REMOTE = "remote-e2e.test"
+NULLMX = "nullmx-e2e.test"  # RFC 7505: accepts no mail
+BROKEN = "servfail-e2e.test"  # its name server fails: temporary
+
+
+@dataclass
+class Sink:
+    """A recording SMTP server: ``temp*`` recipients get one 451 each, ``bad*`` 550."""
+
+    messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    rcpt_attempts: dict[str, int] = field(default_factory=dict)
+    helos: list[str] = field(default_factory=list)
+    #: per message received: was the session under STARTTLS
+    tls: list[bool] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        self.helos.append(hostname)
+        return responses
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        local = address.partition("@")[0]
+        with self.lock:
+            n = self.rcpt_attempts[address] = self.rcpt_attempts.get(address, 0) + 1
+        if local.startswith("bad"):
+            return "550 5.1.1 no such user here"
+        if local.startswith("never"):
+            return "452 4.2.2 mailbox full"
+        if local.startswith("temp") and n == 1:
+            return "451 4.3.0 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.tls.append(session.ssl is not None)
+            self.messages.append(
+                (envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content))
+            )
+        return "250 2.0.0 queued"
+
+    def wait(self, rcpt: str, timeout: float = 15.0) -> tuple[str, list[str], bytes]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                for m in self.messages:
+                    if rcpt in m[1]:
+                        return m
+            time.sleep(0.05)
+        raise AssertionError(f"the remote server got nothing for {rcpt}: {self.messages}")
+
+
+@dataclass
+class Relay:
+    kw: Kittiwake
+    sink: Sink
+
+    def submit(self, rcpts: list[str], subject: str, sender: str = ALICE) -> None:
+        with smtplib.SMTP("127.0.0.1", self.kw.port, timeout=10) as client:
+            client.login(ALICE, "secret")
+            client.sendmail(
+                sender,
+                rcpts,
+                f"From: <{ALICE}>\r\nTo: <{rcpts[0]}>\r\nSubject: {subject}\r\n\r\nhello\r\n",
+            )
+
+
+def _mailetcontainer(port: int) -> str:
+    start = DEFAULT_MAILETCONTAINER.index('<mailet match="All" class="RemoteDelivery">')
+    end = DEFAULT_MAILETCONTAINER.index("</mailet>", start) + len("</mailet>")
+    remote = (
+        '<mailet match="All" class="RemoteDelivery">'
+        "<outgoing>outgoing</outgoing>"
+        "<delayTime>300 ms, 1 sec</delayTime>"
+        "<maxRetries>2</maxRetries>"
+        "<deliveryThreads>4</deliveryThreads>"
+        "<sendpartial>true</sendpartial>"
+        "<bounceProcessor>bounces</bounceProcessor>"
+        f"<mail.smtp.port>{port}</mail.smtp.port>"
+        "</mailet>"
+    )
+    return DEFAULT_MAILETCONTAINER[:start] + remote + DEFAULT_MAILETCONTAINER[end:]
+
+
+@pytest.fixture
+def relay(tmp_path: Path, dns_server: TestDns) -> Iterator[Relay]:
+    sink = Sink()
+    port = free_port("127.0.0.2")
+    key, cert = tmp_path / "sink-key.pem", tmp_path / "sink-cert.pem"
+    generate_self_signed(key, cert, f"mx.{REMOTE}")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    # STARTTLS offered (self-signed: opportunistic TLS takes it all the same)
+    controller = Controller(sink, hostname="127.0.0.2", port=port, tls_context=tls)
+    controller.start()
+    dns_server.add(REMOTE, "MX", f"10 mx.{REMOTE}")
+    dns_server.add(f"mx.{REMOTE}", "A", "127.0.0.2")
+    dns_server.add(NULLMX, "MX", "0 .")
+    dns_server.add(NULLMX, "A", "127.0.0.2")
+    dns_server.add(BROKEN, "A", "127.0.0.2")
+    dns_server.fail(BROKEN)
+    kw = make_kittiwake(
+        tmp_path,
+        "<auth><announce>always</announce><requireSSL>false</requireSSL></auth>",
+        users=(ALICE,),
+    )
+    (kw.conf / "dnsservice.xml").write_text(dns_server.dnsservice_xml())
+    (kw.conf / "mailetcontainer.xml").write_text(_mailetcontainer(port))
+    kw.start()
+    try:
+        yield Relay(kw, sink)
+    finally:
+        controller.stop()
+        if kw.proc is not None:
+            code = kw.stop()
+            assert code == 0, kw.log_text()[-3000:]
+
+
+def test_authenticated_submission_relayed_by_mx(relay: Relay) -> None:
+    relay.submit([f"carol@{REMOTE}"], "relayed")
+    sender, rcpts, data = relay.sink.wait(f"carol@{REMOTE}")
+    assert sender == ALICE and rcpts == [f"carol@{REMOTE}"]
+    assert b"Subject: relayed\r\n" in data and b"hello" in data
+    assert relay.sink.helos and relay.sink.helos[-1] == "mx.kittiwake.test"
+    assert relay.sink.tls == [True]  # STARTTLS was offered, so it was used
+    deadline = time.monotonic() + 5
+    while len(relay.kw.cli("repo", "list", "outgoing").stdout.strip()) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert relay.kw.cli("repo", "list", "outgoing").stdout.strip() == ""
+
+
+def test_temporary_failure_retried_then_delivered(relay: Relay) -> None:
+    rcpt = f"temp1@{REMOTE}"
+    started = time.monotonic()
+    relay.submit([rcpt], "retried")
+    _, rcpts, data = relay.sink.wait(rcpt)
+    assert rcpts == [rcpt] and b"Subject: retried\r\n" in data
+    assert relay.sink.rcpt_attempts[rcpt] == 2
+    assert time.monotonic() - started >= 0.3  # the first delay of the schedule
+    assert "deferred" in relay.kw.log_text()
+    assert relay.kw.messages(ALICE) == []  # no bounce
+
+
+def test_permanent_failure_bounces_to_sender(relay: Relay) -> None:
+    relay.submit([f"bad1@{REMOTE}", f"carol2@{REMOTE}"], "bounced")
+    relay.sink.wait(f"carol2@{REMOTE}")  # sendpartial: the good one goes
+    (dsn,) = relay.kw.wait_messages(ALICE, 1, timeout=15)
+    assert b"multipart/report" in dsn and b"report-type=delivery-status" in dsn
+    assert f"Final-Recipient: rfc822; bad1@{REMOTE}".encode() in dsn
+    assert b"Action: failed" in dsn and b"Status: 5.1.1" in dsn
+    assert b"550" in dsn and b"Subject: bounced" in dsn
+    assert f"carol2@{REMOTE}".encode() not in dsn.split(b"Content-Type: message/rfc822")[0]
+    assert relay.sink.rcpt_attempts[f"bad1@{REMOTE}"] == 1  # never retried
+
+
+def test_retries_exhausted_bounce(relay: Relay) -> None:
+    rcpt = f"never1@{REMOTE}"
+    relay.submit([rcpt], "gave up")
+    # maxRetries 2: three attempts, 0.3 s and 1 s apart, then the DSN
+    (dsn,) = relay.kw.wait_messages(ALICE, 1, timeout=20)
+    assert relay.sink.rcpt_attempts[rcpt] == 3
+    assert f"Final-Recipient: rfc822; {rcpt}".encode() in dsn
+    assert b"Status: 5.4.7" in dsn and b"452 4.2.2 mailbox full" in dsn
+
+
+def test_null_mx_bounces_at_once_and_dns_failure_defers(relay: Relay) -> None:
+    relay.submit([f"dave@{NULLMX}", f"erin@{BROKEN}"], "nowhere")
+    (dsn,) = relay.kw.wait_messages(ALICE, 1, timeout=10)
+    assert f"Final-Recipient: rfc822; dave@{NULLMX}".encode() in dsn
+    assert b"Status: 5.1.10" in dsn
+    assert f"erin@{BROKEN}".encode() not in dsn.split(b"Content-Type: message/rfc822")[0]
+    assert relay.sink.messages == []  # never the A record of either
+    log = relay.kw.log_text()
+    assert f"deferred erin@{BROKEN}" in log and "4.4.3" in log
+    assert f"erin@{BROKEN}" in relay.kw.cli("repo", "list", "outgoing").stdout
+
+
+def test_null_sender_gets_no_bounce(relay: Relay) -> None:
+    relay.submit([f"bad2@{REMOTE}"], "from nobody", sender="")
+    deadline = time.monotonic() + 10
+    while "null sender, no bounce" not in relay.kw.log_text():
+        assert time.monotonic() < deadline, relay.kw.log_text()[-2000:]
+    assert relay.kw.messages(ALICE) == []
+    assert relay.kw.cli("repo", "list", "outgoing").stdout.strip() == ""
