@@ -5,6 +5,8 @@ to the sender's Maildir as a DSN made by the bounce processor."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import smtplib
 import ssl
 import threading
@@ -85,6 +87,7 @@ class Sink:
 class Relay:
     kw: Kittiwake
     sink: Sink
+    controller: Controller
 
     def submit(self, rcpts: list[str], subject: str, sender: str = ALICE) -> None:
         with smtplib.SMTP("127.0.0.1", self.kw.port, timeout=10) as client:
@@ -139,9 +142,10 @@ def relay(tmp_path: Path, dns_server: TestDns) -> Iterator[Relay]:
     (kw.conf / "mailetcontainer.xml").write_text(_mailetcontainer(port))
     kw.start()
     try:
-        yield Relay(kw, sink)
+        yield Relay(kw, sink, controller)
     finally:
-        controller.stop()
+        with contextlib.suppress(AssertionError, RuntimeError):
+            controller.stop()
         if kw.proc is not None:
             code = kw.stop()
             assert code == 0, kw.log_text()[-3000:]
@@ -215,3 +219,23 @@ def test_null_sender_gets_no_bounce(relay: Relay) -> None:
         assert time.monotonic() < deadline, relay.kw.log_text()[-2000:]
     assert relay.kw.messages(ALICE) == []
     assert relay.kw.cli("repo", "list", "outgoing").stdout.strip() == ""
+
+
+def test_deferred_mail_survives_a_restart(relay: Relay) -> None:
+    relay.controller.stop()  # the remote server is down: connection refused
+    rcpt = f"frank@{REMOTE}"
+    relay.submit([rcpt], "after restart")
+    deadline = time.monotonic() + 10
+    while f"deferred {rcpt}" not in relay.kw.log_text():
+        assert time.monotonic() < deadline, relay.kw.log_text()[-2000:]
+    assert relay.kw.stop() == 0
+    outgoing = relay.kw.data / "repositories" / "outgoing"
+    (retry,) = outgoing.glob("*.retry")
+    assert json.loads(retry.read_text())["attempts"] >= 1
+    # the remote server is back (aiosmtpd's controllers do not restart: a new one)
+    relay.controller = Controller(relay.sink, hostname="127.0.0.2", port=relay.controller.port)
+    relay.controller.start()
+    relay.kw.start()
+    _, rcpts, data = relay.sink.wait(rcpt)
+    assert rcpts == [rcpt] and b"Subject: after restart\r\n" in data
+    assert relay.kw.messages(ALICE) == []
