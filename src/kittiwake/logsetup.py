@@ -77,6 +77,11 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def setup_logging(level: str) -> None:
     """Log to standard error, batched, at ``level`` (DEBUG, INFO, WARNING...)."""
+    # The format shows none of these; skipping them saves a getpid() and a thread lookup
+    # per line.
+    logging.logProcesses = False
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = BatchingHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
