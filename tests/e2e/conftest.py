@@ -22,10 +22,19 @@ KITTIWAKE = [sys.executable, "-m", "kittiwake.cli"]
 AS_ROOT = {"KITTIWAKE_USER": "root"} if os.geteuid() == 0 else {}
 
 
+_handed_out: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port free now and never handed out before in this test run: a test that asks for
+    several at once gets distinct ones (the kernel may offer a just-closed port again)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if (host, port) not in _handed_out:
+            _handed_out.add((host, port))
+            return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
