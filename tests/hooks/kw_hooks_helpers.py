@@ -50,7 +50,6 @@ async def session(
         users=s,
         spool=spool,
         hooks=Chain(hooks, **chain_kw),
-        wake_delivery=lambda: None,
         **(ctx_kw or {}),
     )
     info = SessionInfo("smtp", "SMTP", ip, 40000, "t.1")

@@ -14,7 +14,7 @@ from kittiwake.mailet.remote import RemoteDelivery
 from kittiwake.policy.names import InvalidName, canonical_address, canonical_domain
 from kittiwake.policy.rewrite import DEFAULT_MAPPING_LIMIT, expand
 
-__all__ = ["MAILETS", "NOT_IMPLEMENTED_PASS", "RemoteDeliveryPending"]
+__all__ = ["MAILETS", "NOT_IMPLEMENTED_PASS"]
 
 log = logging.getLogger("kittiwake.mailet")
 
@@ -254,28 +254,6 @@ class Bounce(Mailet):
 
 class DSNBounce(Bounce):
     pass
-
-
-class RemoteDeliveryPending(Mailet):
-    """Stood in for RemoteDelivery before it existed (issue 8): the mail is kept in the
-    ``outgoing`` repository (nothing is lost), to be reprocessed into ``relay`` later
-    (``kittiwake repo reprocess outgoing --processor relay``)."""
-
-    def init(self, config: MailetConfig) -> None:
-        super().init(config)
-        self.url = config.params.get("outgoing") or config.params.get("outgoingQueue") or "outgoing"
-        config.read.update(config.params)
-
-    def service(self, mail: Mail) -> None:
-        repo = self.context.repository(f"file://var/mail/{self.url}/")
-        repo.store(mail)
-        log.warning(
-            "%s: RemoteDelivery is not implemented yet; kept in repository %s",
-            mail.name,
-            repo.name,
-        )
-        self.context.finished(mail, f"kept in repository {repo.name} (no RemoteDelivery)")
-        mail.state = GHOST
 
 
 class NOT_IMPLEMENTED_PASS(Mailet):

@@ -228,7 +228,6 @@ class Server:
             users=self.store,
             spool=self.spool,
             hooks=self.chains[cfg.name],
-            wake_delivery=self.runner.wake,
             auth_required=cfg.auth_required,
             access=self._access(cfg),
         )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -65,7 +64,6 @@ class SessionContext:
     users: UserStore
     spool: Spool
     hooks: Chain
-    wake_delivery: Callable[[], None]  # a new spool entry exists
     #: ``<auth><required>``: MAIL refused (530 5.7.0) unless the client authenticated
     auth_required: bool = False
     #: AUTH, trusted networks, sender identity, aliases (issue 5); None: none of them
@@ -341,7 +339,6 @@ class Session:
             n,
             info.listener,
         )
-        self.ctx.wake_delivery()
         reply = Reply(250, "2.0.0", f"Ok: queued as {writer.queue_id}")
         if self.ctx.protocol == "LMTP":
             return [
