@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from kittiwake.auth.failures import FailureBudget
 from kittiwake.auth.james_hashes import to_stored
 from kittiwake.auth.passwords import hash_password
 from kittiwake.config.model import AuthAnnounce, AuthConfig, UsersRepositoryConfig
@@ -20,7 +19,7 @@ from kittiwake.policy.rewrite import MappingKind, normalize_mapping
 from kittiwake.protocol import Auth, AuthResponse, Reply
 from kittiwake.protocol import replies as R
 from kittiwake.server.access import Access, Authenticator
-from kittiwake.storage import MemoryStore
+from kittiwake.storage import AuthFailureStore, MemoryStore, SqliteAuthFailureStore
 
 TRUSTED = (ipaddress.ip_network("192.0.2.0/24"),)
 
@@ -40,7 +39,7 @@ def make(
     tls: bool = True,
     ip: str = "198.51.100.1",
     users: MemoryStore | None = None,
-    budget: FailureBudget | None = None,
+    budget: AuthFailureStore | None = None,
     **cfg: object,
 ) -> Authenticator:
     s = users or store()
@@ -129,7 +128,7 @@ def test_third_failure_is_421() -> None:
 
 
 def test_budget(tmp_path: Path) -> None:
-    budget = FailureBudget(tmp_path / "f.db")
+    budget = SqliteAuthFailureStore(tmp_path / "f.db")
     a = make(budget=budget, ip_failure_limit=2)
     assert run(a, "PLAIN", plain("alice@a.test", "x")) == R.AUTH_FAILED
     assert run(a, "PLAIN", plain("alice@a.test", "y")) == R.AUTH_FAILED
@@ -140,10 +139,13 @@ def test_budget(tmp_path: Path) -> None:
     budget.close()
 
 
-def test_store_failure_is_temporary() -> None:
+@pytest.mark.parametrize(
+    "error", [sqlite3.OperationalError("database is locked"), OSError(5, "I/O error")]
+)
+def test_store_failure_is_temporary(error: Exception) -> None:
     class Broken(MemoryStore):
         def get_password_hash(self, username: str) -> str | None:
-            raise sqlite3.OperationalError("database is locked")
+            raise error
 
     broken = Broken()
     broken.add_domain("a.test")

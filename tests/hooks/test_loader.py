@@ -238,7 +238,12 @@ def test_option_error_paths() -> None:
 
 def test_greylist_and_ratelimit_defaults() -> None:
     grey = GreylistHandler(HandlerOptions())
-    assert (grey.temp_block, grey.whitelist_life, grey.unseen_life) == (3600, 36 * 86400, 4 * 3600)
+    times = grey.times
+    assert (times.temp_block, times.whitelist_life, times.unseen_life) == (
+        3600,
+        36 * 86400,
+        4 * 3600,
+    )
     rate = RateLimitHandler(HandlerOptions())
     assert rate.connections is None and rate.messages is None
 

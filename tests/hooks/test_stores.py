@@ -1,4 +1,5 @@
-"""Handlers that remember, in SQLite under DATA: greylisting, rate limits, spam traps.
+"""Handlers that remember, in their stores under DATA: greylisting, rate limits, spam
+traps (the stores' own contract: ``tests/storage/test_hook_stores_contract.py``).
 
 Issue 3, point 4: the rate limits hold across worker processes (several processes
 counting in one file), with 421 4.7.0 for connections and 450 4.7.1 for messages and
@@ -21,6 +22,7 @@ from kittiwake.hooks.options import HandlerOptions
 from kittiwake.hooks.ratelimit import RateLimitHandler, client_key
 from kittiwake.protocol import MailFrom, RcptTo
 from kittiwake.storage.memory import MemoryStore
+from kittiwake.storage.sqlite_hooks import SqliteHookStores
 
 
 def options(**values: str) -> HandlerOptions:
@@ -31,7 +33,7 @@ def options(**values: str) -> HandlerOptions:
 
 def services(data: Path, listener: str = "smtp") -> Services:
     store = MemoryStore()
-    return Services(listener, "mx.test", data, DnsService(), store, store)
+    return Services(listener, "mx.test", data, DnsService(), store, store, SqliteHookStores(data))
 
 
 def info(ip: str = "192.0.2.7", sender: str | None = "s@remote.test") -> SessionInfo:
@@ -215,7 +217,9 @@ async def test_valid_rcpt_handler_modes_with_the_rewrite_table(tmp_path: Path) -
         ("dead@local.test", "ghost@local.test"),  # to nobody
     ):
         store.add_mapping(normalize_mapping(MappingKind.ADDRESS, source, target))
-    svc = Services("smtp", "mx.test", tmp_path, DnsService(), store, store)
+    svc = Services(
+        "smtp", "mx.test", tmp_path, DnsService(), store, store, SqliteHookStores(tmp_path)
+    )
 
     async def verdicts(**opts: str) -> dict[str, int]:
         hook = ValidRcptHandler(options(**opts))

@@ -23,7 +23,7 @@ from .result import DECLINED, HookResult
 
 if TYPE_CHECKING:
     from kittiwake.dnsservice import DnsService
-    from kittiwake.storage.base import DomainStore, UserStore
+    from kittiwake.storage.base import DomainStore, HookStores, UserStore
 
 __all__ = ["HEADER_LIMIT", "Hook", "Message", "Services", "SessionInfo"]
 
@@ -90,6 +90,9 @@ class Services:
     dns: DnsService
     domains: DomainStore
     users: UserStore
+    #: opens the stores of the provided handlers that remember (greylisting, rate
+    #: limits, spam traps), shared by every worker process
+    stores: HookStores
 
 
 class Message:

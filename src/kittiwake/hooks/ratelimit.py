@@ -19,22 +19,23 @@ different limits). Over a limit: a connection gets ``421 4.7.0`` and is
 closed; a MAIL FROM (a message) or a RCPT TO gets ``450 4.7.1`` (try again later).
 What is refused is not counted, so a client that waits gets in again.
 
-Counting holds across worker processes: the counters live in ``DATA/ratelimit.db``
-(one SQLite file, see ``_db.py``). Each limit is a sliding window estimated from two
-fixed windows (the current one, and the previous one weighted by how much of it still
-falls in the window): one small transaction per check, no per-event rows.
+Counting holds across worker processes: the counters live in a
+:class:`~kittiwake.storage.base.RateLimitStore` (``DATA/ratelimit.db`` by default).
+Each limit is a sliding window estimated from two fixed windows (the current one, and
+the previous one weighted by how much of it still falls in the window;
+:mod:`kittiwake.policy.ratelimit`): one small transaction per check, no per-event rows.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import sqlite3
 import time
 
+from kittiwake.policy.ratelimit import WindowLimit
 from kittiwake.protocol import MailFrom, RcptTo, Reply
+from kittiwake.storage.base import RateLimitStore
 
-from ._db import HookDb
 from .api import Hook, Services, SessionInfo
 from .options import HandlerOptions
 from .result import DECLINED, HookResult
@@ -46,14 +47,6 @@ _log = logging.getLogger("kittiwake.hooks")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address, try later")
 TOO_MANY_MESSAGES = Reply(450, "4.7.1", "Too many messages, try again later")
 TOO_MANY_RECIPIENTS = Reply(450, "4.7.1", "Too many recipients, try again later")
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS counters ("
-    " key TEXT NOT NULL, slot INTEGER NOT NULL, count INTEGER NOT NULL,"
-    " expires REAL NOT NULL, PRIMARY KEY (key, slot)) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS counters_expires ON counters (expires)",
-)
-_CLEANUP_EVERY = 1000  # checks between two deletions of expired windows
 
 
 def client_key(ip: str) -> str:
@@ -74,27 +67,10 @@ class SlidingWindow:
         #: what the counts are kept apart by (the listener's name)
         self.scope = scope
 
-    def take(self, conn: sqlite3.Connection, key: str, now: float) -> bool:
-        """Count one event for ``key`` if it stays within the limit; False if not
-        (then nothing is counted). Call inside a write transaction."""
+    def limit_for(self, key: str) -> WindowLimit:
+        """This limit for one client address or user."""
         full_key = f"{self.name}:{key}" if not self.scope else f"{self.scope}/{self.name}:{key}"
-        window = int(now // self.period)
-        elapsed = (now % self.period) / self.period
-        rows = dict(
-            conn.execute(
-                "SELECT slot, count FROM counters WHERE key = ? AND slot IN (?, ?)",
-                (full_key, window, window - 1),
-            ).fetchall()
-        )
-        estimate = rows.get(window - 1, 0) * (1.0 - elapsed) + rows.get(window, 0)
-        if estimate + 1 > self.limit:
-            return False
-        conn.execute(
-            "INSERT INTO counters VALUES (?, ?, 1, ?)"
-            " ON CONFLICT (key, slot) DO UPDATE SET count = count + 1",
-            (full_key, window, (window + 2) * self.period),
-        )
-        return True
+        return WindowLimit(full_key, self.limit, self.period)
 
 
 class RateLimitHandler(Hook):
@@ -114,13 +90,12 @@ class RateLimitHandler(Hook):
         self.user_recipients = limit("recipientsPerHourPerUser", 3600.0)
         self.networks = options.networks("whitelistedNetworks")
         self.clock = time.time
-        self.db: HookDb | None = None
-        self._checks = 0
+        self.store: RateLimitStore | None = None
 
     async def start(self, services: Services) -> None:
         for window in self._windows():
             window.scope = services.listener
-        self.db = HookDb(services.data_dir / "ratelimit.db", _SCHEMA)
+        self.store = services.stores.rate_limits()
 
     def _windows(self) -> list[SlidingWindow]:
         windows = (
@@ -133,9 +108,9 @@ class RateLimitHandler(Hook):
         return [w for w in windows if w is not None]
 
     async def stop(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     def _exempt(self, session: SessionInfo) -> bool:
         if not self.networks:
@@ -146,29 +121,17 @@ class RateLimitHandler(Hook):
     async def _take(self, session: SessionInfo, *limits: tuple[SlidingWindow | None, str]) -> bool:
         """Count the event against every limit given, all or none; False if one is over."""
         wanted = [(w, key) for w, key in limits if w is not None]
-        if not wanted or self.db is None or self._exempt(session):
+        if not wanted or self.store is None or self._exempt(session):
             return True
-        now = self.clock()
-        self._checks += 1
-        cleanup = self._checks % _CLEANUP_EVERY == 0
-
-        def check(conn: sqlite3.Connection) -> bool:
-            if cleanup:
-                conn.execute("DELETE FROM counters WHERE expires < ?", (now,))
-            for window, key in wanted:
-                if not window.take(conn, key, now):
-                    # nothing of this event may stay counted
-                    raise _Over(window.name)
+        counted = [w.limit_for(key) for w, key in wanted]
+        over = await self.store.take(counted, self.clock())
+        if over is None:
             return True
-
-        try:
-            return await self.db.run(check)
-        except _Over as over:
-            key = session.authenticated_user or session.client_ip
-            name = over.args[0]
-            session_id = session.session_id
-            _log.info("%s: rate limit %s reached for %s", session_id, name, key)
-            return False
+        # nothing of this event was counted
+        name = next(w.name for (w, _), c in zip(wanted, counted, strict=True) if c == over)
+        who = session.authenticated_user or session.client_ip
+        _log.info("%s: rate limit %s reached for %s", session.session_id, name, who)
+        return False
 
     async def on_connect(self, session: SessionInfo) -> HookResult:
         if await self._take(session, (self.connections, client_key(session.client_ip))):
@@ -194,7 +157,3 @@ class RateLimitHandler(Hook):
         ):
             return DECLINED
         return HookResult.denysoft(TOO_MANY_RECIPIENTS)
-
-
-class _Over(Exception):
-    """A limit is reached: rolls the transaction back (nothing counted)."""

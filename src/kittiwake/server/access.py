@@ -17,8 +17,9 @@ AUTH, in order (RFC 4954 4 and 6):
   success; an authorization identity other than the user needs ``administratorIds``;
 * the user store failing: ``454 4.7.0`` (temporary);
 * success: ``235 2.7.0``; failure: ``535 5.7.8``, logged with address and user name
-  (never the password), counted for the address (shared by every worker through
-  SQLite) and for the connection, whose third failure is ``421 4.7.0`` and the end.
+  (never the password), counted for the address (shared by every worker through the
+  :class:`~kittiwake.storage.base.AuthFailureStore`) and for the connection, whose
+  third failure is ``421 4.7.0`` and the end.
 """
 
 from __future__ import annotations
@@ -26,11 +27,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from kittiwake.auth.failures import FailureBudget
 from kittiwake.auth.passwords import hash_password, needs_rehash, verify_password
 from kittiwake.auth.sasl import (
     MECHANISMS,
@@ -52,7 +51,8 @@ from kittiwake.policy.relay import SessionTrust
 from kittiwake.policy.rewrite import EMPTY_TABLE, RewriteTable, senders_for
 from kittiwake.protocol import Auth, AuthResponse, Reply
 from kittiwake.protocol import replies as R
-from kittiwake.storage.base import DomainStore, RewriteStore, UserStore
+from kittiwake.storage.base import AuthFailureStore, DomainStore, RewriteStore, UserStore
+from kittiwake.storage.errors import STORE_ERRORS
 
 from .recipients import domain_is_local
 
@@ -88,7 +88,7 @@ class Access:
     #: appended to a login name without "@" when virtual hosting is off
     default_domain: str = "localhost"
     #: the per-IP budget (None: no budget, e.g. in unit tests)
-    failures: FailureBudget | None = None
+    failures: AuthFailureStore | None = None
 
     def table(self) -> RewriteTable:
         return self.rewrites.rewrite_table() if self.rewrites is not None else EMPTY_TABLE
@@ -222,7 +222,7 @@ class Authenticator:
         assert isinstance(step, Credentials)
         try:
             identity = await self._check(step)
-        except (sqlite3.Error, OSError):
+        except STORE_ERRORS:
             log.exception("%s: AUTH: the user store failed", self.info.session_id)
             return R.AUTH_TEMPORARY  # 454 4.7.0: try again later (RFC 4954 6)
         refusal = await hook(mechanism.name, identity or step.authcid, identity is not None)
@@ -262,7 +262,7 @@ class Authenticator:
             try:
                 new_hash = await asyncio.to_thread(hash_password, creds.password)
                 await asyncio.to_thread(users.set_password_hash, authcid, new_hash)
-            except (sqlite3.Error, OSError) as exc:
+            except STORE_ERRORS as exc:
                 log.warning("%s: cannot re-hash %s: %s", self.info.session_id, authcid, exc)
             else:
                 log.info(

@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from kittiwake.auth.failures import FailureBudget
 from kittiwake.config.model import Config, ListenerConfig, Protocol
 from kittiwake.delivery.direct import DirectDelivery
 from kittiwake.delivery.journal import Journal
@@ -33,6 +32,8 @@ from kittiwake.queue._envelope import Envelope
 from kittiwake.queue.runner import SpoolRunner
 from kittiwake.queue.spool import Spool
 from kittiwake.storage.sqlite import SqliteStore
+from kittiwake.storage.sqlite_auth import SqliteAuthFailureStore
+from kittiwake.storage.sqlite_hooks import SqliteHookStores
 
 from .access import Access
 from .limits import ConnectionLimits, LocalLimits
@@ -93,7 +94,9 @@ class Server:
         # RCPT costs a GIL hand-off per lookup (measured: a sixth of the loop thread).
         self.store = SqliteStore(data_dir / "kittiwake.db", refresh_interval=0.25)
         # failed AUTHs per client address, shared by every worker (issue 5)
-        self.auth_failures = FailureBudget(data_dir / "auth-failures.db")
+        self.auth_failures = SqliteAuthFailureStore(data_dir / "auth-failures.db")
+        # greylisting, rate limits, spam traps: opened by the handlers that use them
+        self.hook_stores = SqliteHookStores(data_dir)
         for domain in config.domains.domain_names:
             self.store.add_domain(domain)
         self.spool = Spool(data_dir / "spool", threads=4)
@@ -146,7 +149,13 @@ class Server:
         loop = asyncio.get_running_loop()
         for cfg in self.config.listeners:
             services = Services(
-                cfg.name, cfg.hello_name, self.data_dir, self.dns, self.store, self.store
+                cfg.name,
+                cfg.hello_name,
+                self.data_dir,
+                self.dns,
+                self.store,
+                self.store,
+                self.hook_stores,
             )
             await self.chains[cfg.name].start(services)
         sockets = self._sockets if self._sockets is not None else bind_sockets(self.config)

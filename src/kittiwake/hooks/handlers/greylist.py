@@ -1,4 +1,5 @@
-"""Greylisting: James's ``fastfail.JDBCGreylistHandler``, stored in ``DATA/greylist.db``.
+"""Greylisting: James's ``fastfail.JDBCGreylistHandler``, in a
+:class:`~kittiwake.storage.base.GreylistStore` (``DATA/greylist.db`` by default).
 
 A triplet is (client network, sender, recipient): the client's /24 for IPv4, /64 for
 IPv6 (a sender's pool of outgoing servers retries from a neighbour), the envelope
@@ -11,10 +12,12 @@ sender ("" for the null sender) and the recipient, both lower-cased.
   time.
 * A triplet never retried is forgotten after ``unseenLifeTime``.
 
+(The rule itself: :func:`kittiwake.policy.greylist.greylist_step`.)
+
 Options (James's): ``tempBlockTime`` (1 hour), ``autoWhiteListLifeTime`` (36 days),
 ``unseenLifeTime`` (4 hours), ``whitelistedNetworks`` (never greylisted). A plain
 number is milliseconds. James's ``repositoryPath`` and ``sqlFile`` name its JDBC
-store; kittiwake's store is the SQLite file above, shared by every worker process.
+store; kittiwake's is the store above, shared by every worker process.
 Clients allowed to relay (authenticated) are not greylisted.
 """
 
@@ -22,13 +25,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import random
-import sqlite3
 import time
 
+from kittiwake.policy.greylist import GreylistTimes, GreylistVerdict, Triplet
 from kittiwake.protocol import RcptTo, Reply
+from kittiwake.storage.base import GreylistStore
 
-from .._db import HookDb
 from ..api import Hook, Services, SessionInfo
 from ..options import HandlerOptions
 from ..result import DECLINED, HookResult
@@ -39,13 +41,7 @@ log = logging.getLogger("kittiwake.hooks")
 
 GREYLISTED = Reply(451, "4.7.1", "Temporarily rejected: please try again later")
 TOO_SOON = Reply(451, "4.7.1", "Temporarily rejected: reconnected too fast, try again later")
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS greylist ("
-    " network TEXT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL,"
-    " first_seen REAL NOT NULL, last_seen REAL NOT NULL, passed INTEGER NOT NULL,"
-    " PRIMARY KEY (network, sender, recipient)) WITHOUT ROWID",
-)
+_REPLIES = {GreylistVerdict.GREYLISTED: GREYLISTED, GreylistVerdict.TOO_SOON: TOO_SOON}
 
 
 def client_network(ip: str) -> str:
@@ -60,35 +56,37 @@ class GreylistHandler(Hook):
 
     def __init__(self, options: HandlerOptions) -> None:
         super().__init__(options)
-        self.temp_block = options.duration("tempBlockTime", 3600.0)
-        self.whitelist_life = options.duration("autoWhiteListLifeTime", 36 * 86400.0)
-        self.unseen_life = options.duration("unseenLifeTime", 4 * 3600.0)
+        self.times = GreylistTimes(
+            temp_block=options.duration("tempBlockTime", 3600.0),
+            whitelist_life=options.duration("autoWhiteListLifeTime", 36 * 86400.0),
+            unseen_life=options.duration("unseenLifeTime", 4 * 3600.0),
+        )
         self.networks = options.networks("whitelistedNetworks")
         self.clock = time.time
-        self.db: HookDb | None = None
+        self.store: GreylistStore | None = None
 
     async def start(self, services: Services) -> None:
-        self.db = HookDb(services.data_dir / "greylist.db", _SCHEMA)
+        self.store = services.stores.greylist()
 
     async def stop(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     async def on_rcpt(self, session: SessionInfo, rcpt: RcptTo) -> HookResult:
-        if session.relaying_allowed or self.db is None:
+        if session.relaying_allowed or self.store is None:
             return DECLINED
         ip = ipaddress.ip_address(session.client_ip)
         if any(ip in net for net in self.networks):
             return DECLINED
-        triplet = (
+        triplet = Triplet(
             client_network(session.client_ip),
             (session.sender or "").lower(),
             rcpt.address.lower(),
         )
-        now = self.clock()
-        verdict = await self.db.run(lambda conn: self._check(conn, triplet, now))
-        if verdict is not None:
+        verdict = await self.store.check(triplet, self.clock(), self.times)
+        refusal = _REPLIES.get(verdict)
+        if refusal is not None:
             log.info(
                 "%s: greylisted [%s] from=<%s> to=<%s>",
                 session.session_id,
@@ -96,42 +94,5 @@ class GreylistHandler(Hook):
                 session.sender,
                 rcpt.address,
             )
-            return HookResult.denysoft(verdict)
+            return HookResult.denysoft(refusal)
         return DECLINED
-
-    def _check(
-        self, conn: sqlite3.Connection, triplet: tuple[str, str, str], now: float
-    ) -> Reply | None:
-        row = conn.execute(
-            "SELECT first_seen, last_seen, passed FROM greylist"
-            " WHERE network = ? AND sender = ? AND recipient = ?",
-            triplet,
-        ).fetchone()
-        if random.random() < 0.01:
-            self._cleanup(conn, now)
-        if row is not None:
-            first_seen, last_seen, passed = row
-            expired = (
-                now - last_seen > self.whitelist_life
-                if passed
-                else now - first_seen > self.unseen_life
-            )
-            if not expired:
-                if not passed and now < first_seen + self.temp_block:
-                    return TOO_SOON
-                conn.execute(
-                    "UPDATE greylist SET last_seen = ?, passed = passed + 1"
-                    " WHERE network = ? AND sender = ? AND recipient = ?",
-                    (now, *triplet),
-                )
-                return None
-        conn.execute(
-            "INSERT OR REPLACE INTO greylist VALUES (?, ?, ?, ?, ?, 0)", (*triplet, now, now)
-        )
-        return GREYLISTED
-
-    def _cleanup(self, conn: sqlite3.Connection, now: float) -> None:
-        conn.execute(
-            "DELETE FROM greylist WHERE (passed = 0 AND first_seen < ?) OR last_seen < ?",
-            (now - self.unseen_life, now - self.whitelist_life),
-        )

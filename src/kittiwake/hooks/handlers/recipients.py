@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
-import sqlite3
 import time
 from collections.abc import Callable
 
@@ -13,9 +11,8 @@ from kittiwake.policy.recipients import ROLE_ACCOUNTS
 from kittiwake.policy.rewrite import EMPTY_TABLE, RewriteTable, expand
 from kittiwake.protocol import RcptTo, Reply
 from kittiwake.protocol import replies as R
-from kittiwake.storage.base import DomainStore, UserStore
+from kittiwake.storage.base import DomainStore, SpamTrapStore, UserStore
 
-from .._db import HookDb
 from ..api import Hook, Services, SessionInfo
 from ..options import HandlerOptions, OptionError
 from ..result import DECLINED, DENY, HookResult
@@ -25,10 +22,6 @@ __all__ = ["MaxRcptHandler", "SpamTrapHandler", "ValidRcptHandler"]
 #: James MaxRcptHandler's reply
 MAX_RECIPIENTS = Reply(452, "4.5.3", "Requested action not taken: max recipients reached")
 _RRT_CHECKS = ("mappingExists", "anyMappingValid", "allMappingsValid")
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS blocked (client TEXT PRIMARY KEY NOT NULL, until REAL NOT NULL)"
-    " WITHOUT ROWID",
-)
 log = logging.getLogger("kittiwake.hooks")
 
 
@@ -129,8 +122,9 @@ class SpamTrapHandler(Hook):
     given; James's default 4320000 ms).
 
     Options: ``spamTrapRecip`` (one address each, repeated), ``blockTime``. Blocked
-    addresses are kept in ``DATA/spamtrap.db``, so every worker process refuses them
-    (James keeps them in the memory of one handler).
+    addresses are kept in a :class:`~kittiwake.storage.base.SpamTrapStore`
+    (``DATA/spamtrap.db`` by default), so every worker process refuses them (James keeps
+    them in the memory of one handler).
     """
 
     def __init__(self, options: HandlerOptions) -> None:
@@ -141,37 +135,25 @@ class SpamTrapHandler(Hook):
         self.block_time = options.duration("blockTime", 4320.0, unit="ms", low=0.001)
         self.clock = time.time
         self.scope = ""
-        self.db: HookDb | None = None
+        self.store: SpamTrapStore | None = None
 
     async def start(self, services: Services) -> None:
         self.scope = services.listener
-        self.db = HookDb(services.data_dir / "spamtrap.db", _SCHEMA)
+        self.store = services.stores.spam_traps()
 
     async def stop(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     async def on_rcpt(self, session: SessionInfo, rcpt: RcptTo) -> HookResult:
-        if self.db is None:
+        if self.store is None:
             return DECLINED
         key = f"{self.scope}/{session.client_ip}"
         trap = rcpt.address.lower() in self.traps
         now = self.clock()
-        until = now + self.block_time
-
-        def check(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT until FROM blocked WHERE client = ?", (key,)).fetchone()
-            if row is not None and row[0] > now:
-                return True
-            if trap:
-                conn.execute("INSERT OR REPLACE INTO blocked VALUES (?, ?)", (key, until))
-                if random.random() < 0.01:
-                    conn.execute("DELETE FROM blocked WHERE until < ?", (now,))
-                return True
-            return False
-
-        if await self.db.run(check):
+        until = now + self.block_time if trap else None
+        if await self.store.check(key, now, until):
             if trap:
                 log.info("%s: [%s] wrote to a spam trap", session.session_id, session.client_ip)
             return DENY

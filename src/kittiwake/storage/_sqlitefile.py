@@ -1,4 +1,5 @@
-"""A small SQLite file under DATA for handlers that remember (greylisting, rate limits).
+"""The small SQLite files under DATA that hold what the server remembers of its
+clients (greylisting, rate limits, spam traps, failed AUTHs), one file each.
 
 Every worker process opens the same file, so what one worker counts the others see.
 Each call runs in one thread of its own (the event loop never waits on a lock another
@@ -19,12 +20,30 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["HookDb"]
+__all__ = ["SqliteFile", "connect"]
 
 _T = TypeVar("_T")
 
 
-class HookDb:
+def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """Open (creating it 0600, its directory 0700) one such file: WAL,
+    ``synchronous=NORMAL``, autocommit (transactions are explicit), usable from any
+    thread (the caller serializes with a lock).
+
+    Raises:
+        sqlite3.Error, OSError: the file cannot be used.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class SqliteFile:
     """One SQLite file and the thread that talks to it.
 
     Args:
@@ -35,24 +54,9 @@ class HookDb:
 
     def __init__(self, path: Path, schema: Sequence[str], busy_timeout: float = 5.0) -> None:
         self.path = path
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        self._conn = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        self._conn = connect(path, busy_timeout)
         self._lock = threading.Lock()
-        conn = self._conn
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in schema:
-                    conn.execute(statement)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        self.transaction(lambda conn: [conn.execute(statement) for statement in schema])
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kw-{path.stem}")
 
     def transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:

@@ -1,25 +1,28 @@
-"""The per-IP budget of failed AUTH attempts, shared by every worker process.
+"""The per-IP budget of failed AUTH attempts in SQLite (``DATA/auth-failures.db``),
+shared by every worker process.
 
 An address with ``limit`` failures within ``window`` seconds gets ``454 4.7.0`` to
 every AUTH for the next ``window`` seconds (issue 5, point 5; defaults 10 and 600). The
-counts live in a small SQLite file of their own (``DATA/auth-failures.db``), not in
-``kittiwake.db``: a failure is a write, and a write there would make every process
-reload its cached copy of the users and domains.
+counts live in a small SQLite file of their own, not in ``kittiwake.db``: a failure is a
+write, and a write there would make every process reload its cached copy of the users
+and domains.
 
 WAL mode, ``synchronous=NORMAL`` (losing the last failures in a power cut only forgives
-a few attempts), one connection per process behind a lock.
+a few attempts; :mod:`._sqlitefile`), one connection per process behind a lock. The
+calls block: the session runs them in a thread.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["FailureBudget", "over_budget"]
+from kittiwake.policy.ratelimit import over_budget
+from kittiwake.storage._sqlitefile import connect
+
+__all__ = ["SqliteAuthFailureStore"]
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS failures (ip TEXT NOT NULL, at REAL NOT NULL)",
@@ -30,13 +33,8 @@ _SCHEMA = (
 )
 
 
-def over_budget(failures_in_window: int, limit: int) -> bool:
-    """The address has used up its failures (``limit`` 0 = no budget)."""
-    return limit > 0 and failures_in_window >= limit
-
-
-class FailureBudget:
-    """Failed AUTH attempts per client address, in a SQLite file."""
+class SqliteAuthFailureStore:
+    """A :class:`~kittiwake.storage.base.AuthFailureStore` in a SQLite file."""
 
     def __init__(
         self, path: Path, *, clock: Callable[[], float] = time.time, busy_timeout: float = 5.0
@@ -46,15 +44,9 @@ class FailureBudget:
         Raises:
             sqlite3.Error, OSError: the file cannot be used.
         """
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._clock = clock
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = connect(path, busy_timeout)
         for statement in _SCHEMA:
             self._conn.execute(statement)
 
