@@ -176,7 +176,7 @@ def load_private_key(data: bytes, password: bytes | None = None) -> DkimKey:
             raise DkimKeyError("not a PEM private key (nor an Ed25519 seed in base64)")
         return _from_private(ed25519.Ed25519PrivateKey.from_private_bytes(seed))
     # an inline <privateKey> comes indented as the XML around it: PEM lines start at 0
-    pem = b"\n".join(line.strip() for line in text.splitlines() if line.strip()) + b"\n"
+    pem = b"\n".join(line.strip() for line in text.splitlines()) + b"\n"
     try:
         key = serialization.load_pem_private_key(pem, password=password or None)
     except TypeError as exc:  # encrypted without a password, or a password for a clear key
