@@ -201,7 +201,7 @@ def _dkim(config: Config, data: Path, args: argparse.Namespace) -> int:
     from kittiwake.cli_dkim import run_dkim
 
     try:
-        return run_dkim(data, args, config.source)
+        return run_dkim(data, args, config)
     except CommandError as exc:
         raise _Failure(str(exc)) from None
 

@@ -4,6 +4,7 @@
   writes a key (0600) and prints the TXT record to publish; mail from DOMAIN is signed
   with it at once (the built-in flow's ``DKIMSign``).
 * ``list``: every key; ``show DOMAIN [--selector S]``: the records again;
+  ``check DOMAIN``: are they published (asked of ``dnsservice.xml``'s resolvers);
   ``remove DOMAIN SELECTOR``: a key gone (the last step of a rotation).
 
 A private key is never printed.
@@ -12,10 +13,12 @@ A private key is never printed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 from typing import Any
 
 from kittiwake.cli_accounts import CommandError
+from kittiwake.config.model import Config
 from kittiwake.mailet.dkimkeys import DkimKey, DkimKeyError, KeyStore, split_txt, valid_domain
 
 __all__ = ["DEFAULT_SELECTOR", "add_parsers", "format_record", "run_dkim"]
@@ -43,6 +46,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = dkim_sub.add_parser("show", parents=[common], help="print DOMAIN's DNS records again")
     p.add_argument("domain")
     p.add_argument("--selector", help="only this selector's")
+    p = dkim_sub.add_parser(
+        "check", parents=[common], help="look DOMAIN's records up in DNS (dnsservice.xml)"
+    )
+    p.add_argument("domain")
     p = dkim_sub.add_parser("remove", parents=[common], help="delete a key")
     p.add_argument("domain")
     p.add_argument("selector")
@@ -60,7 +67,7 @@ def format_record(key: DkimKey) -> list[str]:
     ]
 
 
-def run_dkim(data: Path, args: argparse.Namespace, conf_dir: str | None = None) -> int:
+def run_dkim(data: Path, args: argparse.Namespace, config: Config | None = None) -> int:
     """Run ``kittiwake dkim ACTION``.
 
     Raises:
@@ -69,7 +76,9 @@ def run_dkim(data: Path, args: argparse.Namespace, conf_dir: str | None = None) 
     store = KeyStore(data / "dkim")
     try:
         if args.action == "keygen":
-            return _keygen(store, args, conf_dir)
+            return _keygen(store, args, config.source if config else None)
+        if args.action == "check":
+            return _check(store, valid_domain(args.domain), config)
         if args.action == "list":
             for domain in store.domains():
                 for selector in store.selectors(domain):
@@ -128,6 +137,43 @@ def _keygen(store: KeyStore, args: argparse.Namespace, conf_dir: str | None) -> 
             '<mailet match="All" class="DKIMSign"/> before RemoteDelivery'
         )
     return 0
+
+
+def _check(store: KeyStore, domain: str, config: Config | None) -> int:
+    """Each key's record as DNS serves it now: 0 when every one is there as it should."""
+    from kittiwake.dnsservice import DnsService, DnsTempError
+
+    keys = store.keys(domain)
+    if not keys:
+        raise CommandError(f"no DKIM key for {domain} (kittiwake dkim keygen {domain})")
+    dns = DnsService(config.dns if config else None)
+    status = 0
+    for key in keys:
+        try:
+            found = asyncio.run(dns.txt(key.record_name))
+        except DnsTempError as exc:
+            print(f"{key.record_name}: no answer ({exc})")
+            status = 1
+            continue
+        published = [_tags(r).get("p", "") for r in found if _tags(r).get("v") == "DKIM1"]
+        if key.public in published:
+            print(f"{key.record_name}: published")
+        elif published:
+            print(f"{key.record_name}: WRONG KEY published (kittiwake dkim show {domain})")
+            status = 1
+        else:
+            print(f"{key.record_name}: not published (kittiwake dkim show {domain})")
+            status = 1
+    return status
+
+
+def _tags(record: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in record.split(";"):
+        name, eq, value = part.partition("=")
+        if eq:
+            out[name.strip()] = "".join(value.split())
+    return out
 
 
 def _container_signs(conf_dir: str | None) -> bool:

@@ -114,6 +114,9 @@ def test_relayed_mail_is_signed_rsa_and_ed25519(setup: Setup) -> None:
     ed_name = setup.keygen(DOMAIN, "--selector", "ed1", "--algorithm", "ed25519")
     for name in (rsa_name, ed_name):  # the records are really served
         assert (setup.dnsfunc(name.encode()) or b"").startswith(b"v=DKIM1; k=")
+    check = setup.kw.cli("dkim", "check", DOMAIN)  # through dnsservice.xml's server
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.splitlines() == [f"{ed_name}: published", f"{rsa_name}: published"]
     rcpt = f"carol@{REMOTE}"
     setup.submit(rcpt, ALICE, "signed")
     _, rcpts, data = setup.sink.wait(rcpt)
@@ -148,3 +151,18 @@ def test_mail_from_a_domain_without_a_key_arrives_unsigned(setup: Setup) -> None
     assert b"Subject: unsigned\r\n" in data
     assert b"DKIM-Signature" not in data
     assert not dkim.verify(data, dnsfunc=setup.dnsfunc)
+
+
+def test_check_tells_an_unpublished_or_wrong_record(setup: Setup) -> None:
+    made = setup.kw.cli("dkim", "keygen", "unpublished-e2e.test")
+    assert made.returncode == 0
+    check = setup.kw.cli("dkim", "check", "unpublished-e2e.test")
+    assert check.returncode == 1
+    assert check.stdout == (
+        "kittiwake._domainkey.unpublished-e2e.test: not published "
+        "(kittiwake dkim show unpublished-e2e.test)\n"
+    )
+    setup.keygen("rotated-e2e.test")  # published, then replaced by a new key
+    assert setup.kw.cli("dkim", "keygen", "rotated-e2e.test", "--force").returncode == 0
+    check = setup.kw.cli("dkim", "check", "rotated-e2e.test")
+    assert check.returncode == 1 and "WRONG KEY published" in check.stdout
