@@ -38,7 +38,7 @@ class Setup:
     def submit(self, rcpt: str, from_header: str, subject: str) -> None:
         # a body with lines that SMTP dot-stuffs on each hop, and trailing space that
         # relaxed canonicalisation drops
-        body = "hello\r\n.starts with a dot\r\n..\r\n.\tdot tab\r\ntrailing   \r\n"
+        body = "hello\r\n.starts with a dot\r\n..\r\n.\tdot tab\r\ntrailing   \r\n.\r\n"
         message = (
             f"From: Alice <{from_header}>\r\nTo: <{rcpt}>\r\nCc: <cc@{REMOTE}>\r\n"
             f"Subject: {subject}\r\nDate: Sun, 22 Nov 2026 05:00:00 +0000\r\n"
@@ -121,7 +121,8 @@ def test_relayed_mail_is_signed_rsa_and_ed25519(setup: Setup) -> None:
     setup.submit(rcpt, ALICE, "signed")
     _, rcpts, data = setup.sink.wait(rcpt)
     assert rcpts == [rcpt]
-    assert b"\r\n.starts with a dot\r\n..\r\n" in data  # unstuffed as it was written
+    # unstuffed as it was written, up to the last line: a lone dot
+    assert data.endswith(b"\r\n.starts with a dot\r\n..\r\n.\tdot tab\r\ntrailing   \r\n.\r\n")
     tags = signatures(data)
     assert sorted((t[b"s"], t[b"a"]) for t in tags) == [
         (b"ed1", b"ed25519-sha256"),

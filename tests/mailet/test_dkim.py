@@ -233,6 +233,17 @@ def test_no_key_for_the_from_domain_passes_unsigned(tmp_path: Path, keys: dict[s
         assert mail.message.as_bytes() == data
 
 
+def test_utf8_from_of_an_idn_domain(tmp_path: Path) -> None:
+    key = KeyStore(tmp_path / "dkim").generate("bücher.test", "s", "ed25519")
+    assert key.domain == "xn--bcher-kva.test"
+    data = MESSAGE.replace(b"Alice <alice@example.com>", "Jörg <jörg@Bücher.test>".encode())
+    mail = mail_of(data)
+    mailet(data_dir=tmp_path).service(mail)
+    signed = mail.message.as_bytes()
+    assert b"d=xn--bcher-kva.test;" in signed
+    assert verify_all(signed, dns_of({key.record_name: key.record})) == [True]
+
+
 def test_lf_message_is_signed_as_sent(tmp_path: Path, keys: dict[str, str]) -> None:
     lf = MESSAGE.replace(b"\r\n", b"\n").rstrip(b"\n")  # no line end at the very end
     mail = mail_of(lf)
