@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import re
 import smtplib
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dkim
 import dns.rdatatype
@@ -19,14 +22,49 @@ import dns.resolver
 import pytest
 from aiosmtpd.controller import Controller
 
+from kittiwake.mailet.default import DEFAULT_MAILETCONTAINER
 from kw_dns import TestDns
 
 from .conftest import Kittiwake, free_port, make_kittiwake
-from .test_remote_delivery import Sink, _mailetcontainer
 
 ALICE = "alice@kittiwake.test"
 DOMAIN = "kittiwake.test"
 REMOTE = "dkim-e2e.test"
+
+
+@dataclass
+class Sink:
+    """The destination: records each message as aiosmtpd got it (dot-stuffing removed)."""
+
+    messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.messages.append(
+                (envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content))
+            )
+        return "250 2.0.0 queued"
+
+    def wait(self, rcpt: str, timeout: float = 30.0) -> tuple[str, list[str], bytes]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                for m in self.messages:
+                    if rcpt in m[1]:
+                        return m
+            time.sleep(0.05)
+        raise AssertionError(f"the destination got nothing for {rcpt}: {self.messages}")
+
+
+def builtin_flow(port: int) -> str:
+    """The built-in mailetcontainer.xml (DKIMSign, then RemoteDelivery), RemoteDelivery
+    sending to ``port`` instead of 25."""
+    start = DEFAULT_MAILETCONTAINER.index('<mailet match="All" class="RemoteDelivery">')
+    assert '<mailet match="All" class="DKIMSign"/>' in DEFAULT_MAILETCONTAINER[:start]
+    end = DEFAULT_MAILETCONTAINER.index("</mailet>", start)
+    port_element = f"<mail.smtp.port>{port}</mail.smtp.port>"
+    return DEFAULT_MAILETCONTAINER[:end] + port_element + DEFAULT_MAILETCONTAINER[end:]
 
 
 @dataclass
@@ -87,7 +125,7 @@ def setup(tmp_path: Path, dns_server: TestDns) -> Iterator[Setup]:
     )
     (kw.conf / "dnsservice.xml").write_text(dns_server.dnsservice_xml())
     # the built-in flow (DKIMSign, then RemoteDelivery to the test server's port)
-    (kw.conf / "mailetcontainer.xml").write_text(_mailetcontainer(port))
+    (kw.conf / "mailetcontainer.xml").write_text(builtin_flow(port))
     kw.start()
     try:
         yield Setup(kw, sink, dns_server)
