@@ -80,11 +80,17 @@ def run_dkim(data: Path, args: argparse.Namespace, config: Config | None = None)
         if args.action == "check":
             return _check(store, valid_domain(args.domain), config)
         if args.action == "list":
+            status = 0
             for domain in store.domains():
                 for selector in store.selectors(domain):
-                    key = store.load(domain, selector)
+                    try:
+                        key = store.load(domain, selector)
+                    except DkimKeyError as exc:  # the others are still listed
+                        print(f"{domain}\t{selector}\tUNUSABLE: {exc}")
+                        status = 1
+                        continue
                     print(f"{domain}\t{selector}\t{key.description}\t{key.record_name}")
-            return 0
+            return status
         if args.action == "show":
             domain = valid_domain(args.domain)
             selectors = store.selectors(domain)

@@ -172,6 +172,11 @@ def test_list_show_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         "example.com\tr1\trsa-2048\tr1._domainkey.example.com",
         "xn--bcher-kva.test\tkittiwake\trsa-1024\tkittiwake._domainkey.xn--bcher-kva.test",
     ]
+    (tmp_path / "dkim" / "example.com" / "junk.key").write_bytes(b"junk\n")
+    assert main(["dkim", "list", "--data", str(tmp_path)]) == 1
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 4 and listed[1].startswith("example.com\tjunk\tUNUSABLE: ")
+    (tmp_path / "dkim" / "example.com" / "junk.key").unlink()
     assert main(["dkim", "remove", "example.com", "r1", "--data", str(tmp_path)]) == 0
     capsys.readouterr()
     assert main(["dkim", "show", "example.com", "--data", str(tmp_path)]) == 0
