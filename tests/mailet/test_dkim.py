@@ -406,3 +406,27 @@ def test_load_private_key_forms() -> None:
     pem, _ = _pem(b"pw")
     with pytest.raises(DkimKeyError):
         load_private_key(pem.encode(), None)  # encrypted, no password
+
+
+def test_config_check_reads_james_key_file_from_the_conf_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pem, _ = _pem()
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "dkim.pem").write_text(pem)
+    xml = processors(
+        """<processor state="root">
+          <mailet match="All" class="org.apache.james.jdkim.mailets.DKIMSign">
+            <signatureTemplate>v=1; s=sel; d=example.com; h=from:to; bh=; b=;</signatureTemplate>
+            <privateKeyFilepath>file://conf/dkim.pem</privateKeyFilepath>
+          </mailet>
+          <mailet match="All" class="Null"/></processor>"""
+    )
+    (conf / "mailetcontainer.xml").write_text(xml)
+    assert main(["config", "check", "--conf", str(conf)]) == 0
+    capsys.readouterr()
+    (conf / "dkim.pem").unlink()
+    assert main(["config", "check", "--conf", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert "DKIMSign" in err and f"cannot read {conf / 'dkim.pem'}" in err
