@@ -124,10 +124,18 @@ def _keygen(store: KeyStore, args: argparse.Namespace, conf_dir: str | None) -> 
         force=args.force,
     )
     print(f"wrote {key.path} ({key.description} private key, mode 0600)")
-    print(
-        f"mail with a From: address at {key.domain} is DKIM-signed with it from now on; "
-        "publish this DNS record:"
-    )
+    signs = _container_signs(conf_dir)
+    if signs:
+        print(
+            f"mail with a From: address at {key.domain} is DKIM-signed with it from now on; "
+            "publish this DNS record:"
+        )
+    else:
+        print(
+            f"warning: {conf_dir}/mailetcontainer.xml has no DKIMSign mailet, so nothing is "
+            'signed: add <mailet match="All" class="DKIMSign"/> before RemoteDelivery. '
+            "The DNS record to publish:"
+        )
     print()
     for line in format_record(key):
         print(line)
@@ -136,11 +144,6 @@ def _keygen(store: KeyStore, args: argparse.Namespace, conf_dir: str | None) -> 
         print(
             "note: many receivers do not verify Ed25519 signatures yet (RFC 8463): keep an "
             f"RSA key for {key.domain} too (each key signs)"
-        )
-    if not _container_signs(conf_dir):
-        print(
-            f"warning: {conf_dir}/mailetcontainer.xml has no DKIMSign mailet: add "
-            '<mailet match="All" class="DKIMSign"/> before RemoteDelivery'
         )
     return 0
 

@@ -430,3 +430,18 @@ def test_config_check_reads_james_key_file_from_the_conf_dir(
     assert main(["config", "check", "--conf", str(conf)]) == 2
     err = capsys.readouterr().err
     assert "DKIMSign" in err and f"cannot read {conf / 'dkim.pem'}" in err
+
+
+def test_keygen_warns_when_the_configured_container_does_not_sign(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    xml = processors('<processor state="root"><mailet match="All" class="Null"/></processor>')
+    (conf / "mailetcontainer.xml").write_text(xml)
+    code = main(["dkim", "keygen", "example.com", "--conf", str(conf), "--data", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "has no DKIMSign mailet, so nothing is signed" in out
+    assert record_of(out)[0] == "kittiwake._domainkey.example.com"
+    _, out, _ = keygen(tmp_path, capsys, "example.org")  # the built-in flow signs
+    assert "is DKIM-signed with it from now on" in out and "warning" not in out
