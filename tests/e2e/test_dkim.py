@@ -73,7 +73,7 @@ class Setup:
     sink: Sink
     dns: TestDns
 
-    def submit(self, rcpt: str, from_header: str, subject: str) -> None:
+    def submit(self, rcpt: str, from_header: str, subject: str, sender: str = ALICE) -> None:
         # a body with lines that SMTP dot-stuffs on each hop, and trailing space that
         # relaxed canonicalisation drops
         body = "hello\r\n.starts with a dot\r\n..\r\n.\tdot tab\r\ntrailing   \r\n.\r\n"
@@ -85,7 +85,7 @@ class Setup:
         )
         with smtplib.SMTP("127.0.0.1", self.kw.port, timeout=10) as client:
             client.login(ALICE, "secret")
-            client.sendmail(ALICE, [rcpt], message)
+            client.sendmail(sender, [rcpt], message)
 
     def dnsfunc(self, name: bytes, timeout: int = 5) -> bytes | None:
         """dkimpy's lookup of a key record, made over the network to the test server."""
@@ -190,6 +190,13 @@ def test_mail_from_a_domain_without_a_key_arrives_unsigned(setup: Setup) -> None
     assert b"Subject: unsigned\r\n" in data
     assert b"DKIM-Signature" not in data
     assert not dkim.verify(data, dnsfunc=setup.dnsfunc)
+    # MAIL FROM:<> skips verifyIdentity's From: check (RFC 5321 6.1 bounces, RFC 8098
+    # MDNs): the mail is relayed, but not with the signature of a domain not alice's
+    rcpt = f"erin@{REMOTE}"
+    setup.submit(rcpt, "boss@other-e2e.test", "not hers", sender="")
+    _, _, data = setup.sink.wait(rcpt)
+    assert b"Subject: not hers\r\n" in data and b"DKIM-Signature" not in data
+    assert "is not an address of the authenticated user" in setup.kw.log_text()
 
 
 def test_check_tells_an_unpublished_or_wrong_record(setup: Setup) -> None:

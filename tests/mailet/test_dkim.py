@@ -25,7 +25,9 @@ from kittiwake.mailet.api import Mail, MailetConfig, MailetError, MessagingError
 from kittiwake.mailet.default import DEFAULT_MAILETCONTAINER
 from kittiwake.mailet.dkim import DKIMSign, signature_tags, wire_form
 from kittiwake.mailet.dkimkeys import DkimKeyError, KeyStore, load_private_key
+from kittiwake.mailet.matchers import SENT_BY_MAILET
 from kittiwake.mailet.message import Message
+from kittiwake.policy.rewrite import EMPTY_TABLE, MappingKind, RewriteTable, normalize_mapping
 
 from .helpers import Harness, processors
 
@@ -78,15 +80,27 @@ def verify_all(data: bytes, dnsfunc: Any) -> list[bool]:
     return out
 
 
-def mailet(params: dict[str, str] | None = None, data_dir: Path | None = None) -> DKIMSign:
-    context = SimpleNamespace(data_dir=data_dir, conf_dir=None)
+def mailet(
+    params: dict[str, str] | None = None,
+    data_dir: Path | None = None,
+    table: RewriteTable = EMPTY_TABLE,
+) -> DKIMSign:
+    context = SimpleNamespace(
+        data_dir=data_dir,
+        conf_dir=None,
+        rewrite_table=lambda: table,
+        postmaster="postmaster@example.com",
+    )
     m = DKIMSign()
     m.init(MailetConfig("DKIMSign", params or {}, context))  # type: ignore[arg-type]
     return m
 
 
-def mail_of(data: bytes) -> Mail:
-    return Mail("Q1", "alice@example.com", ["bob@remote.test"], Message.from_bytes(data))
+def mail_of(data: bytes, user: str | None = "alice@example.com") -> Mail:
+    """A mail submitted by ``user`` (None: without AUTH)."""
+    mail = Mail("Q1", "alice@example.com", ["bob@remote.test"], Message.from_bytes(data))
+    mail.auth_user = user
+    return mail
 
 
 # -- keygen -------------------------------------------------------------------------
@@ -238,11 +252,59 @@ def test_no_key_for_the_from_domain_passes_unsigned(tmp_path: Path, keys: dict[s
         assert mail.message.as_bytes() == data
 
 
+def test_an_authenticated_user_gets_signatures_for_own_addresses_only(
+    tmp_path: Path, keys: dict[str, str]
+) -> None:
+    table = RewriteTable(
+        [normalize_mapping(MappingKind.ADDRESS, "sales@example.com", "bob@example.com")]
+    )
+    m = mailet(data_dir=tmp_path, table=table)
+    for user, from_header, signed in (
+        ("alice@example.com", b"Alice <ALICE@Example.COM>", True),
+        ("bob@example.com", b"Sales <sales@example.com>", True),  # bob's alias
+        ("bob@example.com", b"Alice <alice@example.com>", False),  # not bob's
+        ("bob@example.com", b"<sales@example.com>, <alice@example.com>", False),
+    ):
+        mail = mail_of(MESSAGE.replace(b"Alice <alice@example.com>", from_header))
+        mail.auth_user = user
+        # a null envelope sender: verifyIdentity did not look at From: at all
+        mail.sender = None
+        m.service(mail)
+        data = mail.message.as_bytes()
+        assert (b"DKIM-Signature" in data) is signed, (user, from_header)
+        if signed:
+            assert verify_all(data, dns_of(keys)) == [True, True]
+
+
+def test_who_else_gets_a_signature(tmp_path: Path, keys: dict[str, str]) -> None:
+    m = mailet(data_dir=tmp_path)
+    # a client of authorizedAddresses: trusted with any From:, as with relaying
+    mail = mail_of(MESSAGE, None)
+    mail.auth_network = True
+    m.service(mail)
+    assert verify_all(mail.message.as_bytes(), dns_of(keys)) == [True, True]
+    # mail from outside (a forward, say): its From: is whatever the outside wrote
+    mail = mail_of(MESSAGE, None)
+    m.service(mail)
+    assert mail.message.as_bytes() == MESSAGE
+    # a delivery report made here, From: the postmaster
+    report = MESSAGE.replace(b"Alice <alice@example.com>", b"MDS <postmaster@example.com>")
+    for from_postmaster, made_here in ((True, True), (False, True), (True, False)):
+        data = report if from_postmaster else MESSAGE
+        mail = mail_of(data, None)
+        mail.sender = None
+        if made_here:
+            mail.attributes[SENT_BY_MAILET] = True
+        m.service(mail)
+        signed = b"DKIM-Signature" in mail.message.as_bytes()
+        assert signed is (from_postmaster and made_here)
+
+
 def test_utf8_from_of_an_idn_domain(tmp_path: Path) -> None:
     key = KeyStore(tmp_path / "dkim").generate("bücher.test", "s", "ed25519")
     assert key.domain == "xn--bcher-kva.test"
     data = MESSAGE.replace(b"Alice <alice@example.com>", "Jörg <jörg@Bücher.test>".encode())
-    mail = mail_of(data)
+    mail = mail_of(data, "jörg@bücher.test")
     mailet(data_dir=tmp_path).service(mail)
     signed = mail.message.as_bytes()
     assert b"d=xn--bcher-kva.test;" in signed
@@ -288,7 +350,7 @@ def test_the_container_passes_data_dir(tmp_path: Path, keys: dict[str, str]) -> 
           </mailet></processor>"""
     )
     h = Harness(tmp_path, xml)
-    h.run(h.job(["bob@remote.test"], data=MESSAGE))
+    h.run(h.job(["bob@remote.test"], data=MESSAGE, auth="alice@example.com"))
     repo = h.deliverer.context.repositories.get("signed")
     (key,) = repo.keys()
     assert verify_all(repo.message_bytes(key), dns_of(keys)) == [True, True]

@@ -11,7 +11,10 @@ Two ways to configure it:
   DMARC passes only when ``d=`` is aligned with the From: domain (RFC 7489 3.1.1); the
   envelope sender is SPF's business, and is ``<>`` for bounces. A From: field with
   addresses of several domains, or several From: fields (RFC 5322 3.6 allows one), is
-  not signed.
+  not signed. Nor is mail from a sender kittiwake does not know (see
+  :func:`signing_refusal`): an authenticated user gets signatures for the user's own
+  addresses only, a client of ``authorizedAddresses`` for any, and mail from outside
+  (forwarded on) none; delivery reports made here (From: the postmaster) are signed.
 * **James's parameters**: ``signatureTemplate`` (``v=1; s=sel; d=example.com;
   h=from:to:subject; a=rsa-sha256; bh=; b=;``) with ``privateKey`` (PEM inline) or
   ``privateKeyFilepath``, and ``privateKeyPassword`` for an encrypted key. Every mail
@@ -34,7 +37,14 @@ from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
 
-from kittiwake.mailet.api import Mail, Mailet, MailetConfig, MailetError, MessagingError
+from kittiwake.mailet.api import (
+    Mail,
+    Mailet,
+    MailetConfig,
+    MailetContext,
+    MailetError,
+    MessagingError,
+)
 from kittiwake.mailet.dkimkeys import (
     DkimKey,
     DkimKeyError,
@@ -43,15 +53,20 @@ from kittiwake.mailet.dkimkeys import (
     valid_domain,
     valid_selector,
 )
+from kittiwake.mailet.matchers import SENT_BY_MAILET
 from kittiwake.mailet.message import Message
+from kittiwake.policy.names import InvalidName, canonical_address
+from kittiwake.policy.rewrite import senders_for
 
 __all__ = [
     "SIGNED_FIELDS",
     "DKIMSign",
     "Template",
+    "from_addresses",
     "from_domain",
     "sign_message",
     "signature_tags",
+    "signing_refusal",
     "wire_form",
 ]
 
@@ -86,20 +101,54 @@ def wire_form(data: bytes) -> bytes:
     return out if out.endswith(b"\r\n") else out + b"\r\n"
 
 
+def from_addresses(message: Message) -> list[str]:
+    """The addresses of the ``From:`` field; none when there is not exactly one field
+    (RFC 5322 3.6) or it holds no address."""
+    values = message.get_all("From")
+    if len(values) != 1:
+        return []
+    return [addr for _, addr in email.utils.getaddresses(values) if "@" in addr]
+
+
 def from_domain(message: Message) -> str | None:
     """The signing domain: the domain of the ``From:`` address (A-label form), None when
     there is no single From: field with addresses of a single domain."""
-    values = message.get_all("From")
-    if len(values) != 1:
-        return None
-    domains = {addr.rpartition("@")[2] for _, addr in email.utils.getaddresses(values)}
-    domains.discard("")
+    domains = {addr.rpartition("@")[2] for addr in from_addresses(message)}
     if len(domains) != 1:
         return None
     try:
         return valid_domain(domains.pop())
     except DkimKeyError:
         return None
+
+
+def signing_refusal(mail: Mail, context: MailetContext) -> str | None:
+    """Why ``mail`` must not get its From: domain's signature; None: it may.
+
+    A signature says the domain stands behind the message, so it is given to a sender
+    kittiwake knows: an authenticated user for the user's own addresses (the user, or
+    an alias leading to the user: James's ``CanSendFrom``, :func:`senders_for`),
+    whatever ``verifyIdentity`` let through (it does not look at From: for the null
+    sender, nor at all when disabled); a client of ``authorizedAddresses``, trusted as
+    for relaying; and the delivery reports made here (a mail made by a mailet, From:
+    the postmaster). Anything else, such as mail from outside forwarded on, is not
+    signed: its From: is whatever the outside wrote.
+    """
+    addresses = from_addresses(mail.message)
+    try:
+        canonical = [canonical_address(a) for a in addresses]
+        if mail.auth_user is not None:
+            allowed = senders_for(canonical_address(mail.auth_user), context.rewrite_table())
+            if all(a in allowed for a in canonical):
+                return None
+            return f"From: is not an address of the authenticated user {mail.auth_user}"
+    except InvalidName:
+        return "From: is not a usable address"
+    if mail.auth_network:
+        return None
+    if mail.attributes.get(SENT_BY_MAILET) and all(a == context.postmaster for a in canonical):
+        return None
+    return "neither authenticated nor from authorizedAddresses"
 
 
 def default_fields(message: Message) -> list[str]:
@@ -225,6 +274,10 @@ class DKIMSign(Mailet):
             except DkimKeyError as exc:
                 raise MessagingError(f"DKIM key of {domain}: {exc}") from None
             if not keys:
+                return
+            refusal = signing_refusal(mail, self.context)
+            if refusal is not None:
+                log.warning("%s: not DKIM-signed for %s: %s", mail.name, domain, refusal)
                 return
             signing = [(k, Template(domain, k.selector)) for k in keys]
         original = mail.message.as_bytes()
