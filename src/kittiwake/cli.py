@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     from kittiwake.mailet.commands import add_parsers  # repo, sendmail (issue 7)
 
     add_parsers(sub, common)
+    from kittiwake.cli_dkim import add_parsers as add_dkim_parsers  # issue 8 point 4
+
+    add_dkim_parsers(sub, common)
     return parser
 
 
@@ -151,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _alias(config, data, args)
         if args.command in ("repo", "sendmail"):
             return _mailet_command(config, data, args)
+        if args.command == "dkim":
+            return _dkim(config, data, args)
     except _Failure as exc:
         print(f"kittiwake: {exc}", file=sys.stderr)
         return 1
@@ -169,7 +174,11 @@ def _check_mailets(config: Config) -> Config:
 
     spec = load_spec(config.source)
     container = build_container(
-        spec, Path("."), postmaster=config.server.postmaster, hostname="localhost"
+        spec,
+        Path("."),
+        postmaster=config.server.postmaster,
+        hostname="localhost",
+        conf_dir=config.source,
     )
     notes = tuple(container.notes)
     return dataclasses.replace(config, unimplemented=config.unimplemented + notes)
@@ -184,6 +193,15 @@ def _mailet_command(config: Config, data: Path, args: argparse.Namespace) -> int
             return run_repo(data, args)
         data.mkdir(parents=True, exist_ok=True)
         return run_sendmail(args, data, config.domains.default_domain)
+    except CommandError as exc:
+        raise _Failure(str(exc)) from None
+
+
+def _dkim(config: Config, data: Path, args: argparse.Namespace) -> int:
+    from kittiwake.cli_dkim import run_dkim
+
+    try:
+        return run_dkim(data, args, config)
     except CommandError as exc:
         raise _Failure(str(exc)) from None
 

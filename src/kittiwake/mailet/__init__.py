@@ -64,6 +64,7 @@ def build_container(
     is_local_domain: Callable[[str], bool] = lambda d: False,
     mailbox_of: Callable[[str], str | None] = lambda a: None,
     rewrite_table: Callable[[], RewriteTable] = lambda: EMPTY_TABLE,
+    conf_dir: str | Path | None = None,
 ) -> Container:
     """Compile ``spec`` with its services.
 
@@ -77,6 +78,8 @@ def build_container(
         is_local_domain=is_local_domain,
         mailbox_of=mailbox_of,
         rewrite_table=rewrite_table,
+        data_dir=data_dir,
+        conf_dir=Path(conf_dir) if conf_dir is not None else None,
     )
     return Container(spec, context)
 
@@ -108,5 +111,6 @@ def mailet_deliverer(
         is_local_domain=store.contains_domain,
         mailbox_of=resolver.resolve,
         rewrite_table=store.rewrite_table,
+        conf_dir=conf_dir,
     )
     return MailetDeliverer(container, maildir, data_dir / "mailet")

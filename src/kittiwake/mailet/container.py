@@ -118,8 +118,14 @@ class ContainerContext:
         is_local_domain: Callable[[str], bool] = lambda d: False,
         mailbox_of: Callable[[str], str | None] = lambda a: None,
         rewrite_table: Callable[[], RewriteTable] = lambda: EMPTY_TABLE,
+        data_dir: Path | None = None,
+        conf_dir: Path | None = None,
     ) -> None:
         self.postmaster = postmaster
+        #: DATA (DKIMSign's keys under DATA/dkim); None: not known (a bare test context)
+        self.data_dir = data_dir
+        #: the configuration directory (relative key paths); None: the embedded default
+        self.conf_dir = conf_dir
         self.hostname = hostname
         self.repositories = repositories
         self._is_local_domain = is_local_domain

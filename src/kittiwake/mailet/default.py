@@ -1,11 +1,15 @@
 """The built-in ``mailetcontainer.xml``: James's default flow (its distributed sample),
 used when the configuration directory has none (or one without ``<processors>``).
 
-Two differences from James's sample, both deliberate:
+Three differences from James's sample, all deliberate:
 
 * ``local-delivery`` has no ``AddDeliveredToHeader``: a per-recipient header means a
   copy of the message per mailbox, where an unchanged message is hard-linked from the
   spool (about ten times cheaper). Add it back in your own file if you want it.
+* ``relay`` signs with ``DKIMSign`` before ``RemoteDelivery``: mail whose From: domain
+  has a key under ``DATA/dkim`` (``kittiwake dkim keygen``) leaves DKIM-signed, mail
+  from any other domain leaves as it came. James's sample has no DKIM signing; its
+  administrators add ``DKIMSign`` with a template and a key in their own file.
 * Mailets kittiwake does not have (``MetricsMailet``, ``VacationMailet``, ``Sieve``,
   ``JMAPFiltering``) are left out rather than named at every start.
 """
@@ -80,6 +84,8 @@ DEFAULT_MAILETCONTAINER = """<?xml version="1.0"?>
     </processor>
 
     <processor state="relay">
+      <!-- kittiwake: signs with DATA/dkim's keys for the From: domain, if it has any -->
+      <mailet match="All" class="DKIMSign"/>
       <mailet match="All" class="RemoteDelivery">
         <outgoingQueue>outgoing</outgoingQueue>
         <delayTime>5000, 100000, 500000</delayTime>

@@ -8,6 +8,7 @@ import time
 
 from kittiwake.delivery.dsn import DsnRecipient, build_dsn
 from kittiwake.mailet.api import GHOST, ROOT, Mail, Mailet, MailetConfig, MailetError
+from kittiwake.mailet.dkim import DKIMSign
 from kittiwake.mailet.matchers import SENT_BY_MAILET
 from kittiwake.mailet.message import Message
 from kittiwake.mailet.remote import RemoteDelivery
@@ -299,3 +300,5 @@ MAILETS: dict[str, type[Mailet]] = {
 # issue 8: the real one (the stand-in above stays for custom configurations that
 # name it by its dotted path)
 MAILETS["RemoteDelivery"] = RemoteDelivery
+# org.apache.james.jdkim.mailets.DKIMSign (issue 8 point 4)
+MAILETS["DKIMSign"] = DKIMSign

@@ -146,6 +146,14 @@ class Message:
         self._load().insert(0, format_field(name, value))
         self.modified = True
 
+    def prepend_raw_field(self, field: bytes) -> None:
+        """Add a field given as its exact bytes (folded, each line ending in CRLF) before
+        the others: a DKIM-Signature must go out as it was signed (RFC 6376 3.5)."""
+        if not field.endswith(b"\r\n") or not _field_name(field):
+            raise ValueError("a header field ends with CRLF and has a name")
+        self._load().insert(0, field)
+        self.modified = True
+
     def set_header(self, name: str, value: str) -> None:
         """Replace every ``name`` field by one (James ``setHeader``): in place of the
         first, or added at the end."""
