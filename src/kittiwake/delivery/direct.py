@@ -146,6 +146,7 @@ class DirectDelivery:
         *,
         threads: int = 4,
         memory_threshold: int = 64 << 10,
+        quota_final: bool = True,
     ) -> None:
         """Args:
         deliverer: the Maildir deliverer (shared with the spool runner: it is
@@ -155,8 +156,11 @@ class DirectDelivery:
         threads: worker threads; about as many file fsyncs run at once.
         memory_threshold: bytes a message may hold in memory before it spills to
             its file.
+        quota_final: a mailbox over quota fails its recipient for good (552 5.2.2);
+            False: temporarily (452 4.2.2).
         """
         self.deliverer = deliverer
+        self.quota_final = quota_final
         self.memory_threshold = memory_threshold
         self._reserve = reserve
         self._committer: GroupCommitter[_Pending] = GroupCommitter(
@@ -200,6 +204,7 @@ class DirectDelivery:
             message.size,
             False,
             tuple(targets),
+            quota_final=self.quota_final,
         )
         pending = _Pending(message, job)
         await self._committer.commit(pending)

@@ -24,6 +24,7 @@ from kittiwake.config.model import Config, ListenerConfig, Protocol
 from kittiwake.delivery.direct import DirectDelivery
 from kittiwake.delivery.journal import Journal
 from kittiwake.delivery.maildir import MaildirDeliverer, MaildirOwner
+from kittiwake.delivery.quota import Limit, QuotaOverrides, Quotas
 from kittiwake.dnsservice import DnsService
 from kittiwake.hooks.api import Services
 from kittiwake.hooks.loader import load_chains
@@ -103,6 +104,15 @@ class Server:
         deliverer = MaildirDeliverer(data_dir / "mail", self.journal, hostname=hostname)
         if maildir is not None and maildir.active:
             deliverer.owner = maildir
+        opts = config.server
+        # mailbox quotas (Maildir++): kittiwake.xml's default, `kittiwake quota set` overrides
+        self.quota_overrides = QuotaOverrides(data_dir / "quota.db", refresh_interval=0.25)
+        self.quotas = Quotas(
+            Limit(opts.quota_storage, opts.quota_messages),
+            self.quota_overrides,
+            final=not opts.quota_tempfail,
+        )
+        deliverer.quotas = self.quotas
         self.local_deliverer = deliverer  # LMTP's, and LocalDelivery's in the container
         # issue 7: the mailet container (mailetcontainer.xml, else James's default flow)
         # takes every recipient; relayed mail goes to RemoteDelivery (issue 8, started below)
@@ -185,7 +195,9 @@ class Server:
                 writer = spool.begin()  # a queue ID and a data file path; no file yet
                 return writer.queue_id, writer.path
 
-            self._direct = DirectDelivery(self.local_deliverer, reserve)
+            self._direct = DirectDelivery(
+                self.local_deliverer, reserve, quota_final=self.quotas.final
+            )
         resolver = LocalResolver(self.store, self.store, self.config.server.postmaster)
         listener.session_factory = lmtp_session_factory(self._direct, resolver.resolve)
         cfg = listener.config
@@ -281,6 +293,7 @@ class Server:
             await asyncio.to_thread(self._direct.close)  # deliveries under way finish
         await self.runner.stop()  # closes the spool it opened
         self.journal.close()
+        self.quota_overrides.close()
         self.auth_failures.close()
         self.store.close()
 
