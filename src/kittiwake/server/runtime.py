@@ -41,7 +41,7 @@ from .listener import Listener
 from .lmtp import lmtp_session_factory, remove_unix_socket, unix_socket_files
 from .privileges import drop, maildir_owner, prepare, run_as, share_data_dir
 from .recipients import LocalResolver
-from .session import SessionContext
+from .session import RcptQuota, SessionContext
 from .sockets import bind_sockets
 from .tls import TlsContexts, TlsStartError
 
@@ -100,6 +100,7 @@ class Server:
         self.spool = Spool(data_dir / "spool", threads=4)
         self.journal = Journal(data_dir / "journal")
         resolver = LocalResolver(self.store, self.store, config.server.postmaster)
+        self._resolver = resolver
         hostname = config.listeners[0].hello_name if config.listeners else None
         deliverer = MaildirDeliverer(data_dir / "mail", self.journal, hostname=hostname)
         if maildir is not None and maildir.active:
@@ -242,6 +243,9 @@ class Server:
             hooks=self.chains[cfg.name],
             auth_required=cfg.auth_required,
             access=self._access(cfg),
+            quota=RcptQuota(self.local_deliverer, self._resolver.resolve, self.quotas.final),
+            # LMTP judges aliases at RCPT and delivers to what they expand to (issue 6)
+            rewrites=self.store if cfg.protocol is Protocol.LMTP else None,
         )
 
     def _access(self, cfg: ListenerConfig) -> Access | None:
