@@ -64,6 +64,7 @@ def build_container(
     is_local_domain: Callable[[str], bool] = lambda d: False,
     mailbox_of: Callable[[str], str | None] = lambda a: None,
     rewrite_table: Callable[[], RewriteTable] = lambda: EMPTY_TABLE,
+    over_quota: Callable[[str, int], str | None] = lambda a, n: None,
 ) -> Container:
     """Compile ``spec`` with its services.
 
@@ -77,6 +78,7 @@ def build_container(
         is_local_domain=is_local_domain,
         mailbox_of=mailbox_of,
         rewrite_table=rewrite_table,
+        over_quota=over_quota,
     )
     return Container(spec, context)
 
@@ -100,6 +102,17 @@ def mailet_deliverer(
     from kittiwake.server.recipients import LocalResolver
 
     resolver = LocalResolver(store, store, postmaster)
+
+    def over_quota(address: str, size: int) -> str | None:
+        mailbox = resolver.resolve(address)
+        if mailbox is None:
+            return None
+        try:
+            used = maildir.quota_usage(mailbox)
+        except OSError:
+            return None  # the delivery itself will tell (deferred)
+        return used.describe() if used is not None and not used.allows(size) else None
+
     container = build_container(
         load_spec(conf_dir),
         data_dir,
@@ -108,5 +121,6 @@ def mailet_deliverer(
         is_local_domain=store.contains_domain,
         mailbox_of=resolver.resolve,
         rewrite_table=store.rewrite_table,
+        over_quota=over_quota,
     )
     return MailetDeliverer(container, maildir, data_dir / "mailet")

@@ -118,8 +118,10 @@ class ContainerContext:
         is_local_domain: Callable[[str], bool] = lambda d: False,
         mailbox_of: Callable[[str], str | None] = lambda a: None,
         rewrite_table: Callable[[], RewriteTable] = lambda: EMPTY_TABLE,
+        over_quota: Callable[[str, int], str | None] = lambda a, n: None,
     ) -> None:
         self.postmaster = postmaster
+        self._over_quota = over_quota
         self.hostname = hostname
         self.repositories = repositories
         self._is_local_domain = is_local_domain
@@ -143,6 +145,11 @@ class ContainerContext:
 
     def rewrite_table(self) -> RewriteTable:
         return self._rewrite_table()
+
+    def over_quota(self, address: str, size: int) -> str | None:
+        """Why a message of ``size`` bytes does not fit in the mailbox of ``address``
+        (Maildir++ quota, ``delivery/quota.py``); None if it fits or has no limit."""
+        return self._over_quota(address, size)
 
     def repository(self, url: str):  # type: ignore[no-untyped-def]
         return self.repositories.get(url)

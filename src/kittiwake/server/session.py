@@ -552,7 +552,6 @@ def _declared_size(mail: MailFrom | None) -> int:
     return mail.size or 0 if mail is not None else 0
 
 
-
 def _bye(ctx: SessionContext) -> Reply:
     return Reply(221, "2.0.0", f"{ctx.hostname} closing connection")
 
