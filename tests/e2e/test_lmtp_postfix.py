@@ -133,3 +133,28 @@ def test_postfix_over_the_unix_socket(
         assert received.startswith(b"from mx.postfix.test\r\n\tby mailbox.kittiwake.test")
     pf.wait_log(r"to=<alice@kittiwake\.test>, relay=.*lmtp\.sock.*status=sent")
     assert "client=[unix]" in kw.log_text()
+
+
+def test_postfix_bounces_only_the_recipient_over_quota(
+    kittiwake_lmtp: LmtpServer, postfix_tcp: PrivatePostfix
+) -> None:
+    """Postfix declares SIZE (RFC 1870), which overflows bob's limit: 552 5.2.2 at his
+    RCPT, and Postfix bounces bob alone; alice has her copy."""
+    kw, pf = kittiwake_lmtp.kw, postfix_tcp
+    assert kw.cli("quota", "set", "bob@kittiwake.test", "1K").returncode == 0
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=15) as client:
+        body = "Subject: too big for bob\r\n\r\n" + "z" * 3000 + "\r\n"
+        refused = client.sendmail(
+            "sender@kittiwake.test", ["alice@kittiwake.test", "bob@kittiwake.test"], body
+        )
+        assert refused == {}
+    pf.wait_log(
+        r"to=<alice@kittiwake\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent"
+    )
+    bob = pf.wait_log(r"to=<bob@kittiwake\.test>, .*dsn=5\.2\.2, status=bounced \((.*)\)")
+    assert "552 5.2.2 Mailbox full: over its size limit (in reply to RCPT TO" in bob.group(1)
+    (msg,) = kw.wait_messages("alice@kittiwake.test", 1)
+    assert b"Subject: too big for bob" in msg
+    (bounce,) = kw.wait_messages("sender@kittiwake.test", 1, timeout=20)
+    assert b"<bob@kittiwake.test>" in bounce and b"5.2.2" in bounce
+    assert kw.messages("bob@kittiwake.test") == []
