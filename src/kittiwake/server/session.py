@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import Protocol
 
 from kittiwake.delivery.maildir import MaildirDeliverer
 from kittiwake.hooks.api import HEADER_LIMIT, Message, SessionInfo, split_header
@@ -76,6 +77,17 @@ class SessionContext:
     quota: RcptQuota | None = None
     #: the rewrite table for an LMTP listener, which has no ``access``
     rewrites: RewriteStore | None = None
+
+
+class Editable(Protocol):
+    """A message being received that message hooks may read and edit (a spool entry,
+    or LMTP's :class:`~kittiwake.delivery.direct.MessageFile`)."""
+
+    queue_id: str
+
+    def ensure_file(self) -> str: ...
+
+    def splice(self, start: int, end: int, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,7 +520,7 @@ class Session:
             del header[HEADER_LIMIT + 1 :]  # one byte over: hooks see it as incomplete
             self._header_done = True
 
-    async def _message_hooks(self, writer: SpoolWriter, event: MessageComplete) -> Reply | None:
+    async def _message_hooks(self, writer: Editable, event: MessageComplete) -> Reply | None:
         header = bytes(self._header or b"")
         # No empty line at all: the whole text is header fields (RFC 5322 3.5).
         complete = len(header) <= HEADER_LIMIT
@@ -523,7 +535,7 @@ class Session:
                 return _storage_reply(exc)
         return None
 
-    def _apply_edits(self, writer: SpoolWriter, message: Message) -> None:
+    def _apply_edits(self, writer: Editable, message: Message) -> None:
         """Header fields the hooks added or replaced, written into the spooled text
         (just after the trace headers)."""
         start = self._trace_size
