@@ -158,3 +158,28 @@ def test_postfix_bounces_only_the_recipient_over_quota(
     (bounce,) = kw.wait_messages("sender@kittiwake.test", 1, timeout=20)
     assert b"<bob@kittiwake.test>" in bounce and b"5.2.2" in bounce
     assert kw.messages("bob@kittiwake.test") == []
+
+
+def test_postfix_delivers_to_an_alias_one_reply_for_it(kittiwake_lmtp: LmtpServer) -> None:
+    """sales -> alice, bob: Postfix sends one RCPT and gets one reply after the dot; both
+    mailboxes have the message."""
+    kw = kittiwake_lmtp.kw
+    for target in ("alice@kittiwake.test", "bob@kittiwake.test"):
+        assert kw.cli("alias", "add", "sales@kittiwake.test", target).returncode == 0
+    pf = PrivatePostfix(
+        free_port(),
+        f"lmtp:inet:127.0.0.1:{kittiwake_lmtp.port}",
+        (*POSTFIX_USERS, "sales@kittiwake.test"),
+    )
+    try:
+        pf.start()
+        send(pf, ["sales@kittiwake.test"], "to the sales team")
+        pf.wait_log(
+            r"to=<sales@kittiwake\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent"
+        )
+    finally:
+        pf.stop()
+    for user in ("alice", "bob"):
+        (msg,) = kw.wait_messages(f"{user}@kittiwake.test", 1)
+        assert b"Subject: to the sales team" in msg
+    assert "orig_to=<sales@kittiwake.test>" in kw.log_text()

@@ -363,6 +363,12 @@ class QuotaOverrides:
             self._refresh()
             return self._limits.get(user)
 
+    def any(self) -> bool:
+        """Some user has an override."""
+        with self._lock:
+            self._refresh()
+            return bool(self._limits)
+
     def set(self, user: str, limit: Limit | None) -> None:
         """Set (None: remove) the override for ``user`` (canonical)."""
         with self._lock:
@@ -406,6 +412,11 @@ class Quotas:
         self.default = default
         self.overrides = overrides
         self.final = final
+
+    @property
+    def active(self) -> bool:
+        """Some mailbox may have a limit (a default, or an override)."""
+        return bool(self.default) or (self.overrides is not None and self.overrides.any())
 
     def limit_for(self, mailbox: str) -> Limit:
         if self.overrides is not None:

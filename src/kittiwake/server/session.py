@@ -293,8 +293,8 @@ class Session:
         A recipient with any other destination (a remote forward, a mailbox with room)
         is accepted."""
         quotas = q.deliverer.quotas
-        if quotas is None or not targets:
-            return None
+        if quotas is None or not targets or not quotas.active:
+            return None  # the common case costs no lookup
         mailboxes = []
         for target in targets:
             mailbox = q.mailbox_of(target)
