@@ -64,12 +64,17 @@ def run_quota(config: Config, data: Path, user: str, args: argparse.Namespace) -
         if limit is None:
             limit = default
         print(f"{user}: limit {_describe(limit)} ({source})")
-        if args.action == "show" and limit:
+        if args.action == "show":
+            # neither set: the limits of the maildirsize header, if any (Dovecot's)
+            own = limit if (limit or source.startswith("set")) else None
             try:
-                used = mailbox_usage(str(data / "mail"), user, limit, write=False)
+                used = mailbox_usage(str(data / "mail"), user, own, write=False)
             except OSError as exc:
                 raise QuotaCommandError(f"cannot read the mailbox of {user}: {exc}") from None
-            print(f"{user}: used {_usage(used.storage, used.messages, limit)}")
+            if used is not None:
+                if own is None:
+                    print(f"{user}: limit {_describe(used.limit)} (its maildirsize file)")
+                print(f"{user}: used {_usage(used.storage, used.messages, used.limit)}")
     finally:
         overrides.close()
     return 0

@@ -176,3 +176,39 @@ def test_over_quota_outcome_final_or_deferred(tmp_path: Path) -> None:
     assert deliverer.deliver([job])[0][0].status is Status.SENT
     assert deliverer.quota_usage("a@a.test") == Usage(100, 1, Limit(150))
     deliverer.close()
+
+
+def test_without_limits_of_its_own_kittiwake_honours_the_files(tmp_path: Path) -> None:
+    """Dovecot's quota_rule (or Courier's maildirmake -q) wrote the header: with no
+    limit configured in kittiwake, those limits apply and deliveries are counted; an
+    explicit "unlimited" override ignores them but still counts."""
+    deliverer = MaildirDeliverer(tmp_path / "mail", Journal(tmp_path / "j"), hostname="h")
+    overrides = QuotaOverrides(tmp_path / "quota.db")
+    deliverer.quotas = Quotas(Limit(), overrides)
+    box = tmp_path / "mail" / "a.test" / "a"
+    for sub in ("tmp", "new", "cur"):
+        (box / sub).mkdir(parents=True)
+    (box / "maildirsize").write_text("150S\n0 0\n")
+    src = tmp_path / "msg"
+    src.write_bytes(b"x" * 100)
+
+    def deliver(i: int) -> Status:
+        job = DeliveryJob(
+            f"Q{i}",
+            str(src),
+            1000.0 + i,
+            100,
+            False,
+            (Target(0, "a@a.test", "a@a.test"),),
+            quota_final=True,
+        )
+        return deliverer.deliver([job])[0][0].status
+
+    assert deliver(0) is Status.SENT
+    assert deliver(1) is Status.FAILED
+    assert deliverer.quota_usage("a@a.test") == Usage(100, 1, Limit(150))
+    overrides.set("a@a.test", Limit())  # unlimited here
+    assert deliver(2) is Status.SENT
+    assert (box / "maildirsize").read_text() == "150S\n0 0\n100 1\n100 1\n"
+    deliverer.close()
+    overrides.close()

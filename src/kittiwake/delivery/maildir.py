@@ -380,9 +380,18 @@ class MaildirDeliverer:
         self, job: DeliveryJob, box: _Maildir, name: str, limit: quota.Limit | None
     ) -> quota.Usage | None:
         """Place the message; with a limit, under the quota lock, and only if it fits.
-        Returns the usage that refused it, None once it is placed."""
+        Returns the usage that refused it, None once it is placed. No limit of ours
+        (None): the limits of an existing ``maildirsize`` (Dovecot's) apply; an
+        unlimited mailbox's file, if any, still gets its line (kept current for its
+        readers)."""
+        if limit is None:
+            limit = quota.file_limit(box.path)
+            if limit is None:  # no file: nothing to honour, nothing to count
+                self._place(job.data_path, box, name)
+                return None
         if not limit:
-            self._place(job.data_path, box, name)
+            if self._place(job.data_path, box, name):
+                quota.add(box.path, job.size)
             return None
         with quota.locked(box.path):
             used = quota.usage(box.path, limit, self._on_create)
@@ -406,8 +415,6 @@ class MaildirDeliverer:
             OSError: the Maildir cannot be read.
         """
         limit = self.quotas.limit_for(mailbox) if self.quotas is not None else None
-        if not limit:
-            return None
         try:
             return quota.mailbox_usage(self._root, mailbox, limit, self._on_create)
         except InvalidName:

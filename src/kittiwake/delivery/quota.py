@@ -63,6 +63,7 @@ __all__ = [
     "Quotas",
     "Usage",
     "add",
+    "file_limit",
     "format_size",
     "locked",
     "mailbox_usage",
@@ -222,16 +223,34 @@ def usage(
     return found
 
 
+def file_limit(maildir: str) -> Limit | None:
+    """The limits in the Maildir's ``maildirsize`` header, None if there is no file:
+    when kittiwake has no limit of its own for a mailbox, it honours (and keeps
+    counting for) the limits another program wrote there (Dovecot's ``quota_rule``,
+    Courier's ``maildirmake -q``).
+
+    Raises:
+        OSError: the file exists but cannot be read.
+    """
+    try:
+        with open(os.path.join(maildir, MAILDIRSIZE), "rb") as f:
+            first = f.readline(256)
+    except FileNotFoundError:
+        return None
+    return Limit.from_header(first.decode("ascii", "replace"))
+
+
 def mailbox_usage(
     mail_root: str,
     mailbox: str,
-    limit: Limit,
+    limit: Limit | None,
     on_create: Callable[[str], None] | None = None,
     *,
     write: bool = True,
-) -> Usage:
-    """The usage of ``mailbox`` (``DATA/mail/<domain>/<local>``) against ``limit``,
-    taking the Maildir's lock when ``write``; a Maildir not created yet holds nothing.
+) -> Usage | None:
+    """The usage of ``mailbox`` (``DATA/mail/<domain>/<local>``) against ``limit``
+    (None: the file's own, :func:`file_limit`), taking the Maildir's lock when
+    ``write``; a Maildir not created yet holds nothing. None: no limit applies.
 
     Raises:
         InvalidName: the mailbox name is unusable as a directory.
@@ -239,6 +258,10 @@ def mailbox_usage(
     """
     domain, local = mailbox_parts(mailbox)
     path = os.path.join(mail_root, domain, local)
+    if limit is None:
+        limit = file_limit(path)
+    if not limit:
+        return None
     if not os.path.isdir(os.path.join(path, "tmp")):
         return Usage(0, 0, limit)
     if not write:
@@ -418,9 +441,13 @@ class Quotas:
         """Some mailbox may have a limit (a default, or an override)."""
         return bool(self.default) or (self.overrides is not None and self.overrides.any())
 
-    def limit_for(self, mailbox: str) -> Limit:
+    def limit_for(self, mailbox: str) -> Limit | None:
+        """The override of ``mailbox``, else the default; None if neither sets a limit:
+        then the limits in an existing ``maildirsize`` header apply (Dovecot's or
+        Courier's, see :func:`file_limit`). An explicit "unlimited" override is an
+        empty :class:`Limit`, not None."""
         if self.overrides is not None:
             found = self.overrides.get(mailbox)
             if found is not None:
                 return found
-        return self.default
+        return self.default if self.default else None
