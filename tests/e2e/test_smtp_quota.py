@@ -60,4 +60,5 @@ def test_over_quota_bounces_and_a_full_mailbox_is_refused_at_rcpt(kw: Kittiwake)
         )
         assert client.rcpt("bob@kittiwake.test")[0] == 250
     log = kw.log_text()
+    assert "to=<alice@kittiwake.test>, status=failed" in log and "dsn=5.2.2" in log
     assert "reject RCPT" in log and "452 4.2.2" in log

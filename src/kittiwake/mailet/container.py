@@ -41,6 +41,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import threading
 import zlib
 from collections.abc import Callable, Collection, Sequence
@@ -65,6 +66,8 @@ log = logging.getLogger("kittiwake.mailet")
 MAXIMUM_FAILURE_COUNT = 5
 #: mailet calls one mail may make before it is taken for a loop (ToProcessor cycles)
 _STEP_BUDGET = 10_000
+#: an RFC 3463 permanent status in an error message
+_STATUS = re.compile(r"\b(5\.\d{1,3}\.\d{1,3})\b")
 #: journal indexes of recipients that are not envelope recipients start here
 _DERIVED_INDEX = 1 << 32
 
@@ -188,9 +191,12 @@ class ContainerContext:
 
     def finished(self, mail: Mail, detail: str, *, failed: bool = False) -> None:
         status = Status.FAILED if failed else Status.SENT
-        self._run().record(
-            mail, mail.recipients, (status, "5.0.0" if failed else "2.0.0", "", detail)
-        )
+        dsn = "2.0.0"
+        if failed:
+            # the status of the error that sent it here (over quota: 5.2.2), else 5.0.0
+            found = _STATUS.search(mail.error_message or "")
+            dsn = found.group(1) if found else "5.0.0"
+        self._run().record(mail, mail.recipients, (status, dsn, "", detail))
 
 
 class Container:
