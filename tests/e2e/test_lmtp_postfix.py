@@ -183,3 +183,48 @@ def test_postfix_delivers_to_an_alias_one_reply_for_it(kittiwake_lmtp: LmtpServe
         (msg,) = kw.wait_messages(f"{user}@kittiwake.test", 1)
         assert b"Subject: to the sales team" in msg
     assert "orig_to=<sales@kittiwake.test>" in kw.log_text()
+
+
+HOOKS = """
+from kittiwake.hooks import DECLINED, Hook, HookResult
+from kittiwake.protocol import Reply
+
+
+class NoSpam(Hook):
+    async def on_message(self, session, message):
+        if "spam" in " ".join(message.get_all("Subject")):
+            return HookResult.deny(Reply(550, "5.7.1", "Looks like spam"))
+        return DECLINED
+"""
+
+
+def test_postfix_bounces_every_recipient_a_message_hook_refuses(tmp_path: Path) -> None:
+    """A message hook in lmtpserver.xml's chain refuses after the dot: one 550 per
+    recipient, and Postfix bounces each; the next message goes through."""
+    server = make_lmtp(tmp_path)
+    kw = server.kw
+    kw.add_user("sender@kittiwake.test")
+    (kw.conf / "myhooks.py").write_text(HOOKS)
+    xml = (kw.conf / "lmtpserver.xml").read_text()
+    (kw.conf / "lmtpserver.xml").write_text(
+        xml.replace("</handlerchain>", '  <handler class="myhooks.NoSpam"/>\n    </handlerchain>')
+    )
+    for s in running(server):
+        pf = postfix(f"lmtp:inet:127.0.0.1:{s.port}")
+        try:
+            pf.start()
+            send(pf, ["alice@kittiwake.test", "bob@kittiwake.test"], "cheap spam")
+            for user in ("alice", "bob"):
+                bounced = pf.wait_log(
+                    rf"to=<{user}@kittiwake\.test>, .*dsn=5\.7\.1, status=bounced \((.*)\)"
+                )
+                assert f"550 5.7.1 <{user}@kittiwake.test> Looks like spam" in bounced.group(1)
+            send(pf, ["alice@kittiwake.test"], "hello")
+            pf.wait_log(r"to=<alice@kittiwake\.test>, relay=.*status=sent")
+        finally:
+            pf.stop()
+        (msg,) = kw.wait_messages("alice@kittiwake.test", 1)
+        assert b"Subject: hello" in msg
+        assert kw.messages("bob@kittiwake.test") == []
+        # the bounces come back to the sender over LMTP (they are no spam)
+        kw.wait_messages("sender@kittiwake.test", 1, timeout=20)
