@@ -18,7 +18,8 @@ from typing import Any
 from kittiwake.config._errors import Invalid
 from kittiwake.config._values import parse_size
 from kittiwake.config.model import Config
-from kittiwake.delivery.quota import Limit, QuotaOverrides, format_size, mailbox_usage
+from kittiwake.delivery.quota import Limit, format_size, mailbox_usage
+from kittiwake.delivery.quota_limits import QuotaOverrides
 
 __all__ = ["QuotaCommandError", "add_parser", "run_quota"]
 

@@ -15,7 +15,8 @@ from kittiwake.delivery import quota
 from kittiwake.delivery.base import DeliveryJob, Status, Target
 from kittiwake.delivery.journal import Journal
 from kittiwake.delivery.maildir import MaildirDeliverer
-from kittiwake.delivery.quota import Limit, QuotaOverrides, Quotas, Usage
+from kittiwake.delivery.quota import Limit, Usage
+from kittiwake.delivery.quota_limits import QuotaOverrides, Quotas
 
 
 def maildir(tmp_path: Path) -> str:

@@ -61,6 +61,7 @@ from pathlib import Path
 from kittiwake.delivery import quota
 from kittiwake.delivery.base import DeliveryJob, Outcome, Status
 from kittiwake.delivery.journal import Journal, JournalRecord
+from kittiwake.delivery.quota_limits import Quotas
 from kittiwake.storage._names import InvalidName, mailbox_parts
 
 __all__ = ["MaildirDeliverer", "MaildirOwner", "maildir_name"]
@@ -167,7 +168,7 @@ class MaildirDeliverer:
         #: set by the runtime from kittiwake.xml's <maildir>; None: 0700 dirs, 0600 files
         self.owner: MaildirOwner | None = None
         #: mailbox limits (kittiwake.xml <quota>, ``kittiwake quota set``); None: none
-        self.quotas: quota.Quotas | None = None
+        self.quotas: Quotas | None = None
 
     @classmethod
     def in_data_dir(cls, data: Path, *, hostname: str | None = None) -> MaildirDeliverer:

@@ -24,7 +24,8 @@ from kittiwake.config.model import Config, ListenerConfig, Protocol
 from kittiwake.delivery.direct import DirectDelivery
 from kittiwake.delivery.journal import Journal
 from kittiwake.delivery.maildir import MaildirDeliverer, MaildirOwner
-from kittiwake.delivery.quota import Limit, QuotaOverrides, Quotas
+from kittiwake.delivery.quota import Limit
+from kittiwake.delivery.quota_limits import QuotaOverrides, Quotas
 from kittiwake.dnsservice import DnsService
 from kittiwake.hooks.api import Services
 from kittiwake.hooks.loader import load_chains
