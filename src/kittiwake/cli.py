@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     p = alias_sub.add_parser("list", parents=[common])
     p.add_argument("source", nargs="?", help="only the mappings of this source")
 
+    from kittiwake.cli_quota import add_parser as add_quota_parser
+
+    add_quota_parser(sub, common)
     from kittiwake.mailet.commands import add_parsers  # repo, sendmail (issue 7)
 
     add_parsers(sub, common)
@@ -152,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _user(config, data, args.action, getattr(args, "name", None))
         if args.command == "alias":
             return _alias(config, data, args)
+        if args.command == "quota":
+            return _quota(config, data, args)
         if args.command in ("repo", "sendmail"):
             return _mailet_command(config, data, args)
         if args.command == "dkim":
@@ -160,6 +165,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kittiwake: {exc}", file=sys.stderr)
         return 1
     return 2
+
+
+def _quota(config: Config, data: Path, args: argparse.Namespace) -> int:
+    from kittiwake.cli_quota import QuotaCommandError, run_quota
+
+    store = _store(config, data)
+    try:
+        user = login_name(config, args.name)
+        if not store.contains_user(user):
+            raise _Failure(f"no such user: {user}")
+    except CommandError as exc:
+        raise _Failure(str(exc)) from None
+    finally:
+        store.close()
+    try:
+        return run_quota(config, data, user, args)
+    except QuotaCommandError as exc:
+        raise _Failure(str(exc)) from None
 
 
 def _check_mailets(config: Config) -> Config:

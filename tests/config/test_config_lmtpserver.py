@@ -69,8 +69,8 @@ def test_james_sample_enabled(load_files: LoadFiles) -> None:
     assert listener.connection_limit == 0 and listener.connection_limit_per_ip == 0
     assert listener.max_message_size == 0  # 0 = no limit, as in James
     assert listener.hello_name == FQDN
-    # the core loader is exactly what kittiwake does: named, not refused
-    assert any("core handlers only" in item for item in config.unimplemented)
+    # the core loader is exactly what kittiwake does: no handler, nothing refused
+    assert listener.handlers == ()
     # the SMTP listeners (embedded default) are still there
     assert [x.protocol for x in config.listeners] == [Protocol.SMTP] * 3 + [Protocol.LMTP]
 
@@ -246,3 +246,25 @@ def test_second_listener_gets_its_own_default_name(load_files: LoadFiles) -> Non
 def test_bad_root(load_files: LoadFiles) -> None:
     error = load_error(load_files, {"lmtpserver.xml": "<smtpservers/>"})
     assert error.reason == "the root must be <lmtpservers> or <lmtpserver>"
+
+
+def test_handlers_in_the_lmtp_chain(load_files: LoadFiles) -> None:
+    """Handlers beside James's LMTP core are read as for SMTP (hooks; issue 6)."""
+    config = load_files(
+        {
+            "lmtpserver.xml": lmtp(
+                "<handlerchain>"
+                '<handler class="org.apache.james.lmtpserver.CoreCmdHandlerLoader"/>'
+                '<handler class="myhooks.Reject"><reason>spam</reason></handler>'
+                '<handler class="org.apache.james.smtpserver.fastfail.MaxRcptHandler">'
+                "<maxRcpt>2</maxRcpt></handler>"
+                "</handlerchain>"
+            )
+        }
+    )
+    (listener,) = lmtp_listeners(config)
+    assert [h.class_name for h in listener.handlers] == [
+        "myhooks.Reject",
+        "org.apache.james.smtpserver.fastfail.MaxRcptHandler",
+    ]
+    assert listener.handlers[0].path.endswith('<handler class="myhooks.Reject">')

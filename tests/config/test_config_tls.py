@@ -185,6 +185,9 @@ def test_kittiwake_xml(load_files: LoadFiles) -> None:
         ('<maildir gid="no-such-group-kw"/>', "<maildir>/@gid", "no group named"),
         ("<user>bad name</user>", "<user>", "not a user name"),
         ("<tlsHandshakeTimeout>0</tlsHandshakeTimeout>", "<tlsHandshakeTimeout>", "out of range"),
+        ('<quota storage="lots"/>', "<quota>/@storage", "not a size"),
+        ('<quota messages="-1"/>', "<quota>/@messages", "out of range"),
+        ('<quota tempfail="maybe"/>', "<quota>/@tempfail", "true or false"),
     ],
 )
 def test_kittiwake_xml_errors(load_files: LoadFiles, text: str, element: str, reason: str) -> None:
@@ -193,3 +196,19 @@ def test_kittiwake_xml_errors(load_files: LoadFiles, text: str, element: str, re
     assert info.value.file == "kittiwake.xml"
     assert info.value.element == f"<kittiwake>/{element}"
     assert reason in info.value.reason
+
+
+def test_kittiwake_xml_quota(load_files: LoadFiles) -> None:
+    """The default mailbox quota (docs/quota.md): a plain number is KiB, as Dovecot's
+    quota_rule reads it."""
+    config = load_files(
+        {
+            "kittiwake.xml": "<kittiwake>"
+            '<quota storage="2048" messages="100" tempfail="true"/></kittiwake>'
+        }
+    )
+    server = config.server
+    assert (server.quota_storage, server.quota_messages) == (2048 * 1024, 100)
+    assert server.quota_tempfail is True
+    default = load_files({"kittiwake.xml": "<kittiwake/>"}).server
+    assert (default.quota_storage, default.quota_messages, default.quota_tempfail) == (0, 0, False)

@@ -133,3 +133,98 @@ def test_postfix_over_the_unix_socket(
         assert received.startswith(b"from mx.postfix.test\r\n\tby mailbox.kittiwake.test")
     pf.wait_log(r"to=<alice@kittiwake\.test>, relay=.*lmtp\.sock.*status=sent")
     assert "client=[unix]" in kw.log_text()
+
+
+def test_postfix_bounces_only_the_recipient_over_quota(
+    kittiwake_lmtp: LmtpServer, postfix_tcp: PrivatePostfix
+) -> None:
+    """Postfix declares SIZE (RFC 1870), which overflows bob's limit: 552 5.2.2 at his
+    RCPT, and Postfix bounces bob alone; alice has her copy."""
+    kw, pf = kittiwake_lmtp.kw, postfix_tcp
+    assert kw.cli("quota", "set", "bob@kittiwake.test", "1K").returncode == 0
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=15) as client:
+        body = "Subject: too big for bob\r\n\r\n" + "z" * 3000 + "\r\n"
+        refused = client.sendmail(
+            "sender@kittiwake.test", ["alice@kittiwake.test", "bob@kittiwake.test"], body
+        )
+        assert refused == {}
+    pf.wait_log(
+        r"to=<alice@kittiwake\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent"
+    )
+    bob = pf.wait_log(r"to=<bob@kittiwake\.test>, .*dsn=5\.2\.2, status=bounced \((.*)\)")
+    assert "552 5.2.2 Mailbox full: over its size limit (in reply to RCPT TO" in bob.group(1)
+    (msg,) = kw.wait_messages("alice@kittiwake.test", 1)
+    assert b"Subject: too big for bob" in msg
+    (bounce,) = kw.wait_messages("sender@kittiwake.test", 1, timeout=20)
+    assert b"<bob@kittiwake.test>" in bounce and b"5.2.2" in bounce
+    assert kw.messages("bob@kittiwake.test") == []
+
+
+def test_postfix_delivers_to_an_alias_one_reply_for_it(kittiwake_lmtp: LmtpServer) -> None:
+    """sales -> alice, bob: Postfix sends one RCPT and gets one reply after the dot; both
+    mailboxes have the message."""
+    kw = kittiwake_lmtp.kw
+    for target in ("alice@kittiwake.test", "bob@kittiwake.test"):
+        assert kw.cli("alias", "add", "sales@kittiwake.test", target).returncode == 0
+    pf = PrivatePostfix(
+        free_port(),
+        f"lmtp:inet:127.0.0.1:{kittiwake_lmtp.port}",
+        (*POSTFIX_USERS, "sales@kittiwake.test"),
+    )
+    try:
+        pf.start()
+        send(pf, ["sales@kittiwake.test"], "to the sales team")
+        pf.wait_log(
+            r"to=<sales@kittiwake\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent"
+        )
+    finally:
+        pf.stop()
+    for user in ("alice", "bob"):
+        (msg,) = kw.wait_messages(f"{user}@kittiwake.test", 1)
+        assert b"Subject: to the sales team" in msg
+    assert "orig_to=<sales@kittiwake.test>" in kw.log_text()
+
+
+HOOKS = """
+from kittiwake.hooks import DECLINED, Hook, HookResult
+from kittiwake.protocol import Reply
+
+
+class NoSpam(Hook):
+    async def on_message(self, session, message):
+        if "spam" in " ".join(message.get_all("Subject")):
+            return HookResult.deny(Reply(550, "5.7.1", "Looks like spam"))
+        return DECLINED
+"""
+
+
+def test_postfix_bounces_every_recipient_a_message_hook_refuses(tmp_path: Path) -> None:
+    """A message hook in lmtpserver.xml's chain refuses after the dot: one 550 per
+    recipient, and Postfix bounces each; the next message goes through."""
+    server = make_lmtp(tmp_path)
+    kw = server.kw
+    kw.add_user("sender@kittiwake.test")
+    (kw.conf / "myhooks.py").write_text(HOOKS)
+    xml = (kw.conf / "lmtpserver.xml").read_text()
+    (kw.conf / "lmtpserver.xml").write_text(
+        xml.replace("</handlerchain>", '  <handler class="myhooks.NoSpam"/>\n    </handlerchain>')
+    )
+    for s in running(server):
+        pf = postfix(f"lmtp:inet:127.0.0.1:{s.port}")
+        try:
+            pf.start()
+            send(pf, ["alice@kittiwake.test", "bob@kittiwake.test"], "cheap spam")
+            for user in ("alice", "bob"):
+                bounced = pf.wait_log(
+                    rf"to=<{user}@kittiwake\.test>, .*dsn=5\.7\.1, status=bounced \((.*)\)"
+                )
+                assert f"550 5.7.1 <{user}@kittiwake.test> Looks like spam" in bounced.group(1)
+            send(pf, ["alice@kittiwake.test"], "hello")
+            pf.wait_log(r"to=<alice@kittiwake\.test>, relay=.*status=sent")
+        finally:
+            pf.stop()
+        (msg,) = kw.wait_messages("alice@kittiwake.test", 1)
+        assert b"Subject: hello" in msg
+        assert kw.messages("bob@kittiwake.test") == []
+        # the bounces come back to the sender over LMTP (they are no spam)
+        kw.wait_messages("sender@kittiwake.test", 1, timeout=20)

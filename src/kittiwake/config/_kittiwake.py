@@ -6,12 +6,19 @@
   <group>kittiwake</group>          <!-- and this group (default: the user's own) -->
   <maildir uid="vmail" gid="vmail" mode="0660"/>   <!-- what Dovecot expects -->
   <tlsHandshakeTimeout>30</tlsHandshakeTimeout>    <!-- seconds -->
+  <quota storage="1G" messages="0" tempfail="false"/>  <!-- per mailbox, Maildir++ -->
 </kittiwake>
 ```
 
 ``<user>`` and ``<group>`` are names, looked up at start (a missing user stops the start
 with a clear message). ``<maildir>``'s ``uid`` and ``gid`` are names or numbers, looked
 up here; ``mode`` is octal and must keep read and write for the owner.
+
+``<quota>``: the default limit of every mailbox (``docs/quota.md``): ``storage`` a
+size as Dovecot's ``quota_rule`` reads it (``512M``, ``1G``; a plain number is KiB;
+``0`` or ``unlimited``: none), ``messages`` a count (0: none); ``tempfail="true"``
+makes over quota a temporary LMTP failure (452 4.2.2, Dovecot's
+``quota_full_tempfail``) instead of 552 5.2.2.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kittiwake.config._errors import ConfigError, Findings, Invalid, Problem
-from kittiwake.config._values import parse_int
+from kittiwake.config._values import parse_bool, parse_int, parse_size
 from kittiwake.config._xml import element_text, note_attributes, read_xml
 
 __all__ = ["FILE", "read_kittiwake"]
@@ -102,8 +109,27 @@ def read_kittiwake(path: Path, findings: Findings) -> dict[str, Any]:
                         out["maildir_mode"] = _mode(raw.strip())
                     except Invalid as exc:
                         findings.error(f"{where}/@mode", str(exc))
+            elif child.tag == "quota":
+                _quota(child, where, findings, out)
             else:
                 findings.ignored(where)
         except Invalid as exc:
             findings.error(where, str(exc))
     return out
+
+
+def _quota(child: Any, where: str, findings: Findings, out: dict[str, Any]) -> None:
+    note_attributes(child, where, findings, frozenset({"storage", "messages", "tempfail"}))
+    element_text(child)  # no children
+    readers: dict[str, tuple[str, Any]] = {
+        "storage": ("quota_storage", parse_size),
+        "messages": ("quota_messages", lambda t: parse_int(t, 0, 2**62)),
+        "tempfail": ("quota_tempfail", parse_bool),
+    }
+    for attr, (key, parse) in readers.items():
+        raw = child.get(attr)
+        if raw is not None:
+            try:
+                out[key] = parse(raw.strip())
+            except Invalid as exc:
+                findings.error(f"{where}/@{attr}", str(exc))

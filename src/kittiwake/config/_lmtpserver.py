@@ -8,8 +8,11 @@ without the attribute is started, as in James (James's sample file ships
 
 Read: ``jmxName``, ``bind``, ``connectionBacklog``, ``connectiontimeout`` (seconds),
 ``connectionLimit``, ``connectionLimitPerIP``, ``helloName``, ``lmtpGreeting``,
-``maxmessagesize``, ``tls`` (as for SMTP, ``_tls.py``: STARTTLS or implicit TLS), and
-``proxyRequired`` and ``handlerchain`` (fail closed, see ``_security.py``). Options James
+``maxmessagesize``, ``tls`` (as for SMTP, ``_tls.py``: STARTTLS or implicit TLS),
+``proxyRequired`` (fail closed, see ``_security.py``) and ``handlerchain``: James's core
+LMTP loader (delivery into the mailboxes) plus handlers as for SMTP (hooks: fast-fail
+RCPT checks, message hooks; ``hooks/loader.py`` builds them); the mailet-container
+loader is refused. Options James
 reads only for SMTP (``smtpGreeting``, ``authRequired``, ``verifyIdentity``, ...) are
 named as ignored.
 
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from kittiwake.config import _security as security
 from kittiwake.config._errors import ConfigError, Findings, Invalid, Problem
+from kittiwake.config._handlerchain import option_node
 from kittiwake.config._smtpserver import autodetected_hello_name
 from kittiwake.config._tls import read_listener_tls
 from kittiwake.config._values import HostLookup, parse_binds, parse_bool, parse_int, parse_size
@@ -37,6 +41,7 @@ from kittiwake.config.model import (
     DEFAULT_CONNECTION_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
     Bind,
+    HandlerConfig,
     ListenerConfig,
     Protocol,
     TlsConfig,
@@ -179,6 +184,7 @@ class _LmtpListener:
         self.hello_name: str | None = None
         self.greeting: str | None = None
         self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
+        self.handlers: tuple[HandlerConfig, ...] = ()
 
     def read(self) -> ListenerConfig:
         for child in self.element:
@@ -217,7 +223,7 @@ class _LmtpListener:
             elif tag == "proxyRequired":
                 security.check_proxy_required(gate, child, path)
             elif tag == "handlerchain":
-                _check_handlerchain(gate, child, path)
+                self.handlers = _check_handlerchain(gate, child, path)
             elif tag in _VALUES:
                 self._value(tag, child, path)
             elif tag in _SMTP_ONLY:
@@ -244,6 +250,7 @@ class _LmtpListener:
             greeting=self.greeting,
             max_message_size=self.max_message_size,
             tls=self.tls,
+            handlers=self.handlers,
             # James's LMTPConfiguration turns HELO and bracket enforcement off; kittiwake
             # keeps both on (LHLO first, RFC 2033 4.1; paths in <>): MTAs do both anyway.
         )
@@ -308,18 +315,18 @@ class _LmtpListener:
             self.hello_name = text
 
 
-def _check_handlerchain(gate: security.Gate, element: ET.Element, path: str) -> None:
-    """James's LMTP chains: the core loader (mailbox delivery, what kittiwake does) is
-    accepted; the mailet-container loader and custom handlers stop the start."""
-    refused = False
+def _check_handlerchain(
+    gate: security.Gate, element: ET.Element, path: str
+) -> tuple[HandlerConfig, ...]:
+    """James's LMTP chain: the core loader (mailbox delivery, what kittiwake does) and
+    any handler as for SMTP (returned, in order; the hook loader decides whether the
+    class exists). The mailet-container loader and custom core packages stop the start."""
     for name, raw in element.attrib.items():
         value, attr_path = raw.strip(), f"{path}/@{name}"
         if name == "coreHandlersPackage" and value != _LMTP_CORE:
             gate.refuse(attr_path, _refusal(value))
-            refused = True
         elif name == "jmxHandlersPackage" and value != _LMTP_JMX:
             gate.refuse(attr_path, f"custom JMX handlers ({value}) are not implemented yet")
-            refused = True
         elif name == "enableJmx":
             try:
                 parse_bool(value)
@@ -327,20 +334,25 @@ def _check_handlerchain(gate: security.Gate, element: ET.Element, path: str) -> 
                 gate.bad_value(attr_path, str(exc))
         elif name not in ("coreHandlersPackage", "jmxHandlersPackage"):
             gate.harmless(attr_path, "unknown attribute")
+    handlers: list[HandlerConfig] = []
     for child in element:
+        if not isinstance(child.tag, str):
+            continue
         if child.tag != "handler":
             gate.harmless(f"{path}/<{child.tag}>", "not a <handler>")
             continue
         cls = child.get("class", "").strip()
         child_path = f'{path}/<handler class="{cls}">'
-        if cls != _LMTP_CORE:
+        if cls == _LMTP_MAILETS:
             gate.refuse(child_path, _refusal(cls))
-            refused = True
-            continue
-        for option in child:
-            gate.harmless(f"{child_path}/<{option.tag}>", "handler option")
-    if not refused:
-        gate.harmless(path, "core handlers only: delivery straight into the mailboxes")
+        elif cls == _LMTP_CORE:
+            for option in child:
+                gate.harmless(f"{child_path}/<{option.tag}>", "handler option")
+        elif not cls:
+            gate.bad_value(child_path, "the class attribute is missing or empty")
+        elif gate.enabled:
+            handlers.append(HandlerConfig(cls, option_node(child), child_path, FILE))
+    return tuple(handlers)
 
 
 def _refusal(cls: str) -> str:
@@ -349,4 +361,7 @@ def _refusal(cls: str) -> str:
             "the mailet container is not implemented yet (LMTP delivers straight into "
             f"the mailboxes, as {_LMTP_CORE} does); use that loader"
         )
-    return f"custom LMTP handlers ({cls}) are not implemented yet; only {_LMTP_CORE} is accepted"
+    return (
+        f"a custom LMTP core ({cls}) is not implemented; use {_LMTP_CORE} and add "
+        "handlers with <handler class=...>"
+    )

@@ -239,6 +239,12 @@ class ServerOptions:
     maildir_mode: int | None = None
     #: ``kittiwake.xml <tlsHandshakeTimeout>``: seconds a TLS handshake may take
     tls_handshake_timeout: float = 30.0
+    #: ``kittiwake.xml <quota storage= messages=>``: every mailbox's default limits
+    #: (Maildir++ ``maildirsize``; ``kittiwake quota set`` overrides per user); 0 = none
+    quota_storage: int = 0
+    quota_messages: int = 0
+    #: ``<quota tempfail=>``: over quota is 452 4.2.2 on LMTP instead of 552 5.2.2
+    quota_tempfail: bool = False
 
 
 @dataclass(frozen=True, slots=True)

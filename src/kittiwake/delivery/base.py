@@ -56,6 +56,9 @@ class DeliveryJob:
     targets: tuple[Target, ...]
     #: the spool envelope (sender, client, AUTH...), for the mailet container
     envelope: Envelope | None = None
+    #: over quota is a final failure (5.2.2: LMTP, whose client bounces it); False: a
+    #: deferral (4.2.2: the spool retries, and LocalDelivery then bounces it)
+    quota_final: bool = False
 
 
 @dataclass(frozen=True, slots=True)

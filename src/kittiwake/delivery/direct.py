@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from kittiwake.delivery.base import Deliverer, DeliveryJob, Outcome, Target
 from kittiwake.queue._committer import GroupCommitter
@@ -96,6 +96,56 @@ class MessageFile:
             self._spill()
         return self.path
 
+    def splice(self, start: int, end: int, data: bytes) -> None:
+        """Replace the bytes ``start:end`` written so far with ``data`` (a message hook
+        adding or replacing header fields): a slice in memory, else the file is
+        rewritten (blocking; only messages that hooks edit pay for it).
+
+        Raises:
+            ValueError: the range is outside what was written.
+            OSError: the file could not be rewritten (the message is unchanged).
+        """
+        if not 0 <= start <= end <= self.size:
+            raise ValueError(f"{self.queue_id}: splice {start}:{end} of {self.size} bytes")
+        if self._fd < 0:
+            joined = b"".join(self._buffer)
+            self._buffer = [joined[:start], data, joined[end:]]
+            self._buffered += len(data) - (end - start)
+        else:
+            tmp = self.path + ".splice"
+            fd = os.open(tmp, _O_NEW, 0o600)
+            try:
+                with open(self.path, "rb") as old:
+                    _write_all(fd, old.read(start))
+                    _write_all(fd, data)
+                    old.seek(end)
+                    while chunk := old.read(1 << 20):
+                        _write_all(fd, chunk)
+                os.replace(tmp, self.path)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            os.close(self._fd)
+            self._fd = fd
+        self.size += len(data) - (end - start)
+
+    def chunks(self, start: int = 0) -> Iterator[bytes]:
+        """The message from byte ``start`` (blocking reads once it is in its file), to
+        copy it elsewhere: a forward over LMTP goes into the spool.
+
+        Raises:
+            OSError: the file cannot be read.
+        """
+        if self._fd < 0:
+            yield b"".join(self._buffer)[start:]
+            return
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            while chunk := f.read(1 << 20):
+                yield chunk
+
     def _spill(self) -> None:
         self._fd = os.open(self.path, _O_NEW, 0o600)
         data, self._buffer, self._buffered = b"".join(self._buffer), [], 0
@@ -146,6 +196,7 @@ class DirectDelivery:
         *,
         threads: int = 4,
         memory_threshold: int = 64 << 10,
+        quota_final: bool = True,
     ) -> None:
         """Args:
         deliverer: the Maildir deliverer (shared with the spool runner: it is
@@ -155,8 +206,11 @@ class DirectDelivery:
         threads: worker threads; about as many file fsyncs run at once.
         memory_threshold: bytes a message may hold in memory before it spills to
             its file.
+        quota_final: a mailbox over quota fails its recipient for good (552 5.2.2);
+            False: temporarily (452 4.2.2).
         """
         self.deliverer = deliverer
+        self.quota_final = quota_final
         self.memory_threshold = memory_threshold
         self._reserve = reserve
         self._committer: GroupCommitter[_Pending] = GroupCommitter(
@@ -200,6 +254,7 @@ class DirectDelivery:
             message.size,
             False,
             tuple(targets),
+            quota_final=self.quota_final,
         )
         pending = _Pending(message, job)
         await self._committer.commit(pending)

@@ -35,6 +35,12 @@ The name is a function of the message only: ``<received secs>.K<queue id>.<host>
   ``new/`` and in ``cur/``, where a reader such as Dovecot renames ``new/X`` to
   ``cur/X:2,<flags>``. Only normal operation skips these scans.
 
+Quotas (:mod:`.quota`): a mailbox with a limit is checked and its ``maildirsize``
+appended under the Maildir's lock, around the link; a message that does not fit is
+refused for that mailbox only (``5.2.2`` when the job says over quota is final, as for
+LMTP; else deferred ``4.2.2``). A message already present (an earlier attempt) is not
+counted twice.
+
 Two recipients that map to the same mailbox get one copy (as Postfix does).
 Directories are created on demand, 0700, and their parents fsynced once, so that a
 new mailbox survives a crash as well as the message in it.
@@ -52,8 +58,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kittiwake.delivery import quota
 from kittiwake.delivery.base import DeliveryJob, Outcome, Status
 from kittiwake.delivery.journal import Journal, JournalRecord
+from kittiwake.delivery.quota_limits import Quotas
 from kittiwake.storage._names import InvalidName, mailbox_parts
 
 __all__ = ["MaildirDeliverer", "MaildirOwner", "maildir_name"]
@@ -159,6 +167,8 @@ class MaildirDeliverer:
         self._create_lock = threading.Lock()
         #: set by the runtime from kittiwake.xml's <maildir>; None: 0700 dirs, 0600 files
         self.owner: MaildirOwner | None = None
+        #: mailbox limits (kittiwake.xml <quota>, ``kittiwake quota set``); None: none
+        self.quotas: Quotas | None = None
 
     @classmethod
     def in_data_dir(cls, data: Path, *, hostname: str | None = None) -> MaildirDeliverer:
@@ -344,11 +354,12 @@ class MaildirDeliverer:
             )
         except OSError as exc:
             return _deferred(index, recipient, "", exc)
+        limit = self.quotas.limit_for(mailbox) if self.quotas is not None else None
         try:
             if job.recovered and self._present(box, job, listings):
                 return Outcome(index, recipient, Status.SENT, "2.0.0", box.path)
             try:
-                self._place(job.data_path, box, name)
+                refused = self._place_counted(job, box, name, limit)
             except FileNotFoundError:
                 # The mailbox directory was removed under us (a cached fact went stale):
                 # recreate it once. A missing spool file is an error for the caller.
@@ -356,10 +367,59 @@ class MaildirDeliverer:
                     raise
                 self._boxes.pop(mailbox, None)
                 box = self._maildir(mailbox)
-                self._place(job.data_path, box, name)
+                refused = self._place_counted(job, box, name, limit)
         except OSError as exc:
             return _deferred(index, recipient, box.path, exc)
+        if refused is not None:
+            final = job.quota_final
+            status = Status.FAILED if final else Status.DEFERRED
+            dsn = "5.2.2" if final else "4.2.2"
+            return Outcome(index, recipient, status, dsn, box.path, refused.describe())
         return Outcome(index, recipient, Status.SENT, "2.0.0", box.path)
+
+    def _place_counted(
+        self, job: DeliveryJob, box: _Maildir, name: str, limit: quota.Limit | None
+    ) -> quota.Usage | None:
+        """Place the message; with a limit, under the quota lock, and only if it fits.
+        Returns the usage that refused it, None once it is placed. No limit of ours
+        (None): the limits of an existing ``maildirsize`` (Dovecot's) apply; an
+        unlimited mailbox's file, if any, still gets its line (kept current for its
+        readers)."""
+        if limit is None:
+            limit = quota.file_limit(box.path)
+            if limit is None:  # no file: nothing to honour, nothing to count
+                self._place(job.data_path, box, name)
+                return None
+        if not limit:
+            if self._place(job.data_path, box, name):
+                quota.add(box.path, job.size)
+            return None
+        with quota.locked(box.path):
+            used = quota.usage(box.path, limit, self._on_create)
+            if not used.allows(job.size):
+                if os.path.exists(f"{box.new}/{name}"):
+                    return None  # an earlier attempt placed (and counted) it
+                return used
+            if self._place(job.data_path, box, name):
+                quota.add(box.path, job.size)
+        return None
+
+    def _on_create(self, path: str) -> None:
+        if self.owner is not None:
+            self.owner.apply(path, directory=False)
+
+    def quota_usage(self, mailbox: str) -> quota.Usage | None:
+        """The usage of ``mailbox`` against its limit, None if it has no limit (blocking:
+        may rebuild ``maildirsize``, under the Maildir's lock).
+
+        Raises:
+            OSError: the Maildir cannot be read.
+        """
+        limit = self.quotas.limit_for(mailbox) if self.quotas is not None else None
+        try:
+            return quota.mailbox_usage(self._root, mailbox, limit, self._on_create)
+        except InvalidName:
+            return None
 
     def _present(self, box: _Maildir, job: DeliveryJob, listings: dict[str, set[str]]) -> bool:
         """True if a previous attempt put this message in ``box`` (new/ or cur/)."""
@@ -377,7 +437,8 @@ class MaildirDeliverer:
             listings[box.path] = keys
         return f"{int(job.received_at)}.K{job.queue_id}" in keys
 
-    def _place(self, src: str, box: _Maildir, name: str) -> None:
+    def _place(self, src: str, box: _Maildir, name: str) -> bool:
+        """Put the message into ``new/``; False if it was there already."""
         dst = f"{box.new}/{name}"
         owner = self.owner
         if owner is not None:
@@ -387,16 +448,17 @@ class MaildirDeliverer:
         if box.link_ok:
             try:
                 os.link(src, dst)
-                return
+                return True
             except FileExistsError:
-                return  # this very message, delivered by an earlier attempt
+                return False  # this very message, delivered by an earlier attempt
             except OSError as exc:
                 if exc.errno not in _NO_LINK:
                     raise
                 box.link_ok = False
         if os.path.exists(dst):
-            return
+            return False
         _copy_into(src, f"{box.tmp}/{name}", dst, owner)
+        return True
 
 
 def _copy_into(src: str, tmp: str, dst: str, owner: MaildirOwner | None = None) -> None:

@@ -75,6 +75,10 @@ CORE = frozenset(
         "CommandDispatcher",
         "WelcomeMessageHandler",
         "JamesWelcomeMessageHandler",
+        # James's LMTP core (lmtpserver.CoreCmdHandlerLoader)
+        "LhloCmdHandler",
+        "DataLineLMTPHandler",
+        "MailboxDeliverToRecipientHandler",
     }
     | {
         f"{verb}CmdHandler"

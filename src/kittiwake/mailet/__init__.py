@@ -65,6 +65,7 @@ def build_container(
     mailbox_of: Callable[[str], str | None] = lambda a: None,
     rewrite_table: Callable[[], RewriteTable] = lambda: EMPTY_TABLE,
     conf_dir: str | Path | None = None,
+    over_quota: Callable[[str, int], str | None] = lambda a, n: None,
 ) -> Container:
     """Compile ``spec`` with its services.
 
@@ -80,6 +81,7 @@ def build_container(
         rewrite_table=rewrite_table,
         data_dir=data_dir,
         conf_dir=Path(conf_dir) if conf_dir is not None else None,
+        over_quota=over_quota,
     )
     return Container(spec, context)
 
@@ -103,6 +105,17 @@ def mailet_deliverer(
     from kittiwake.server.recipients import LocalResolver
 
     resolver = LocalResolver(store, store, postmaster)
+
+    def over_quota(address: str, size: int) -> str | None:
+        mailbox = resolver.resolve(address)
+        if mailbox is None:
+            return None
+        try:
+            used = maildir.quota_usage(mailbox)
+        except OSError:
+            return None  # the delivery itself will tell (deferred)
+        return used.describe() if used is not None and not used.allows(size) else None
+
     container = build_container(
         load_spec(conf_dir),
         data_dir,
@@ -112,5 +125,6 @@ def mailet_deliverer(
         mailbox_of=resolver.resolve,
         rewrite_table=store.rewrite_table,
         conf_dir=conf_dir,
+        over_quota=over_quota,
     )
     return MailetDeliverer(container, maildir, data_dir / "mailet")

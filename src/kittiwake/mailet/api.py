@@ -192,6 +192,11 @@ class MailetContext(Protocol):
     # kittiwake's additions: what became of the recipients (the spool entry is
     # removed only when every recipient has a final outcome, see container.py)
 
+    def over_quota(self, address: str, size: int) -> str | None:
+        """Why a message of ``size`` bytes does not fit in the mailbox of ``address``
+        (its Maildir++ quota); None if it fits or the mailbox has no limit."""
+        ...
+
     def deliver_local(self, mail: Mail) -> None:
         """Deliver ``mail`` to the mailboxes of its recipients (LocalDelivery). The
         deliveries of a whole batch are made together, after processing."""

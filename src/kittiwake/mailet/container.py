@@ -41,6 +41,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import threading
 import zlib
 from collections.abc import Callable, Collection, Sequence
@@ -65,6 +66,8 @@ log = logging.getLogger("kittiwake.mailet")
 MAXIMUM_FAILURE_COUNT = 5
 #: mailet calls one mail may make before it is taken for a loop (ToProcessor cycles)
 _STEP_BUDGET = 10_000
+#: an RFC 3463 permanent status in an error message
+_STATUS = re.compile(r"\b(5\.\d{1,3}\.\d{1,3})\b")
 #: journal indexes of recipients that are not envelope recipients start here
 _DERIVED_INDEX = 1 << 32
 
@@ -119,9 +122,11 @@ class ContainerContext:
         mailbox_of: Callable[[str], str | None] = lambda a: None,
         rewrite_table: Callable[[], RewriteTable] = lambda: EMPTY_TABLE,
         data_dir: Path | None = None,
+        over_quota: Callable[[str, int], str | None] = lambda a, n: None,
         conf_dir: Path | None = None,
     ) -> None:
         self.postmaster = postmaster
+        self._over_quota = over_quota
         #: DATA (DKIMSign's keys under DATA/dkim); None: not known (a bare test context)
         self.data_dir = data_dir
         #: the configuration directory (relative key paths); None: the embedded default
@@ -149,6 +154,11 @@ class ContainerContext:
 
     def rewrite_table(self) -> RewriteTable:
         return self._rewrite_table()
+
+    def over_quota(self, address: str, size: int) -> str | None:
+        """Why a message of ``size`` bytes does not fit in the mailbox of ``address``
+        (Maildir++ quota, ``delivery/quota.py``); None if it fits or has no limit."""
+        return self._over_quota(address, size)
 
     def repository(self, url: str):  # type: ignore[no-untyped-def]
         return self.repositories.get(url)
@@ -187,9 +197,12 @@ class ContainerContext:
 
     def finished(self, mail: Mail, detail: str, *, failed: bool = False) -> None:
         status = Status.FAILED if failed else Status.SENT
-        self._run().record(
-            mail, mail.recipients, (status, "5.0.0" if failed else "2.0.0", "", detail)
-        )
+        dsn = "2.0.0"
+        if failed:
+            # the status of the error that sent it here (over quota: 5.2.2), else 5.0.0
+            found = _STATUS.search(mail.error_message or "")
+            dsn = found.group(1) if found else "5.0.0"
+        self._run().record(mail, mail.recipients, (status, dsn, "", detail))
 
 
 class Container:

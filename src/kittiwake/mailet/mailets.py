@@ -7,7 +7,7 @@ import re
 import time
 
 from kittiwake.delivery.dsn import DsnRecipient, build_dsn
-from kittiwake.mailet.api import GHOST, ROOT, Mail, Mailet, MailetConfig, MailetError
+from kittiwake.mailet.api import ERROR, GHOST, ROOT, Mail, Mailet, MailetConfig, MailetError
 from kittiwake.mailet.dkim import DKIMSign
 from kittiwake.mailet.matchers import SENT_BY_MAILET
 from kittiwake.mailet.message import Message
@@ -64,12 +64,29 @@ class ToRepository(Mailet):
 
 
 class LocalDelivery(Mailet):
+    """Into the recipients' Maildirs. A recipient whose mailbox is over quota goes to
+    the ``error`` processor with ``552 5.2.2`` (James's MailDispatcher does the same
+    with an OverQuotaException): the default flow bounces it (DSN status 5.2.2)."""
+
     def init(self, config: MailetConfig) -> None:
         super().init(config)
         self.consume = config.get_bool("consume", True)
         config.get("retries")
 
     def service(self, mail: Mail) -> None:
+        size = mail.message.size
+        full = {r: why for r in mail.recipients if (why := self.context.over_quota(r, size))}
+        if full:
+            bad = mail.duplicate()
+            bad.recipients = list(full)
+            bad.error_message = "552 5.2.2 Mailbox full: " + "; ".join(
+                f"{r}: {why}" for r, why in full.items()
+            )
+            self.context.send_mail(bad, ERROR, derived=False)
+            mail.recipients = [r for r in mail.recipients if r not in full]
+            if not mail.recipients:
+                mail.state = GHOST
+                return
         self.context.deliver_local(mail if not self.consume else mail.duplicate())
         if self.consume:
             mail.state = GHOST

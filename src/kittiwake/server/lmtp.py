@@ -12,8 +12,16 @@ reply, in RCPT order, naming it: ``250 2.0.0 <bob@example.com> Ok: delivered as 
 once its Maildir file and directory are fsynced; a 4xx or 5xx for a recipient whose
 mailbox failed, while the others still get their 250.
 
-Message hooks (``on_message``) do not run on LMTP listeners: ``lmtpserver.xml`` accepts
-only James's core LMTP chain, which has none.
+Aliases (issue 6): RCPT judges a recipient with the rewrite table (an alias of a user
+is valid), and after the dot each recipient is expanded into the mailboxes it stands
+for (``lmtp_routes.py``): one reply per original recipient, 250 only if every mailbox
+behind it was written; the addresses a forward leads elsewhere are put in the spool
+(fsynced before the reply) for the mailet container to relay.
+
+Message hooks (``on_message``, the handlers of ``lmtpserver.xml``'s
+``<handlerchain>``) run after the dot and before delivery, as James's LMTP runs its
+JamesMessageHooks: a refusal is every recipient's reply; header edits go into the
+message before it is written anywhere.
 
 A Unix-domain socket peer has no address: its ``client_ip`` is ``unix`` (logs, hooks)
 and its Received header names no address.
@@ -29,11 +37,12 @@ import socket
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from kittiwake.config.model import ListenerConfig
-from kittiwake.delivery.base import Outcome, Status, Target
+from kittiwake.delivery.base import Outcome, Status
 from kittiwake.delivery.direct import DirectDelivery, MessageFile
 from kittiwake.hooks.api import SessionInfo
 from kittiwake.protocol import (
@@ -47,7 +56,9 @@ from kittiwake.protocol import (
     Reset,
 )
 from kittiwake.protocol import replies as R
+from kittiwake.queue.spool import Envelope
 
+from .lmtp_routes import combine, route
 from .session import Session, SessionContext
 
 __all__ = [
@@ -106,6 +117,8 @@ class LmtpSession(Session):
     def notice(self, event: Event) -> None:
         if isinstance(event, MessageData):
             if self._message is not None:
+                if self._header is not None and not self._header_done:
+                    self._capture_header(event.data)
                 try:
                     self._message.write(event.data)
                 except OSError as exc:
@@ -133,6 +146,9 @@ class LmtpSession(Session):
             log.error("%s: cannot start a message: %s", self.info.session_id, exc)
             return R.LOCAL_ERROR
         self._message = message
+        self._trace_size = message.size
+        self._header = bytearray() if self.ctx.hooks.wants("on_message") else None
+        self._header_done = False
         return R.START_DATA
 
     def _abort(self) -> None:
@@ -148,23 +164,89 @@ class LmtpSession(Session):
             exc = self._write_error
             return _all(recipients, _storage_reply(exc) if exc is not None else R.LOCAL_ERROR)
         received_at = time.time()
+        if self.ctx.hooks.wants("on_message"):
+            refusal = await self._message_hooks(message, event)
+            if refusal is not None:
+                message.abort()
+                self._log_refusal("DATA", refusal, info.sender or "")
+                return _all(recipients, refusal)
         try:
-            targets = [Target(i, r, self.resolve(r)) for i, r in enumerate(recipients)]
+            routes = route(
+                recipients, self._table(), self.resolve, self.ctx.domains.contains_domain
+            )
         except Exception:  # a store error: nobody is delivered, the MTA retries
             log.exception("%s: cannot resolve recipients", info.session_id)
             message.abort()
             return _all(recipients, R.LOCAL_ERROR)
+        remote = list(dict.fromkeys(a for r in routes for a in r.remote))
+        forwarded: Outcome | None = None
+        if remote:
+            forwarded = await self._forward(message, remote, received_at)
+        targets = [t for r in routes for t in r.targets]
         try:
-            outcomes = await self.delivery.deliver(message, targets, received_at)
+            if targets:
+                outcomes = await self.delivery.deliver(message, targets, received_at)
+            else:
+                message.abort()
+                outcomes = []
         except Exception as exc:  # the file or the journal failed: nobody gets a 250
             log.error("%s: delivery of %s failed: %s", info.session_id, message.queue_id, exc)
             reply = _storage_reply(exc) if isinstance(exc, OSError) else R.LOCAL_ERROR
             return _all(recipients, reply)
+        by_index = {o.index: o for o in outcomes}
+        final = [
+            Outcome(0, r.recipient, Status.FAILED, "5.4.6", detail="rewrite loop")
+            if r.loop
+            else combine(
+                r.recipient,
+                [by_index[t.index] for t in r.targets],
+                forwarded if r.remote else None,
+            )
+            for r in routes
+        ]
         self.messages += 1
-        self.recipients += sum(o.status is Status.SENT for o in outcomes)
+        self.recipients += sum(o.status is Status.SENT for o in final)
         if maillog.isEnabledFor(logging.INFO):
-            _log(message, info, event.size, outcomes, received_at)
-        return [_reply(o, message.queue_id) for o in outcomes]
+            parts = [(by_index[t.index], r.recipient) for r in routes for t in r.targets]
+            if forwarded is not None:
+                parts += [(replace(forwarded, recipient=a), "") for a in remote]
+            _log(message, info, event.size, parts, received_at)
+        return [_reply(o, message.queue_id) for o in final]
+
+    async def _forward(
+        self, message: MessageFile, remote: list[str], received_at: float
+    ) -> Outcome:
+        """Put the message in the spool for the addresses a forward leads elsewhere,
+        durably, before any reply (the mailet container relays it: the envelope counts
+        as from an authorized network, for the admin made the forward). Without
+        ``Return-Path``: that belongs to the final delivery (RFC 5321 4.4)."""
+        info = self.info
+        writer = None
+        try:
+            writer = self.ctx.spool.begin()
+            for chunk in message.chunks(self._return_path_size()):
+                writer.write(chunk)
+            envelope = Envelope(
+                queue_id=writer.queue_id,
+                sender=info.sender or "",
+                recipients=tuple(remote),
+                client_address=info.client_ip,
+                helo=info.helo or "",
+                protocol=self._with_protocol(),
+                received_at=received_at,
+                size=writer.size,
+                auth_network=True,
+            )
+            await writer.commit(envelope)
+        except OSError as exc:
+            if writer is not None:
+                writer.abort()
+            log.error("%s: cannot queue the forward: %s", info.session_id, exc)
+            return Outcome(0, "", Status.DEFERRED, "4.3.0", detail=f"spool: {exc}")
+        return Outcome(0, "", Status.SENT, "2.0.0", f"queued as {writer.queue_id}")
+
+    def _return_path_size(self) -> int:
+        return len(f"Return-Path: <{self.info.sender or ''}>\r\n".encode())
 
     def _trace_header(self, queue_id: str) -> bytes:
         """Return-Path and Received (RFC 5321 4.4; ``with LMTP``/``LMTPS``: RFC 3848)."""
@@ -203,6 +285,8 @@ def _all(recipients: Sequence[str], reply: Reply) -> list[Reply]:
 
 
 def _reply(o: Outcome, queue_id: str) -> Reply:
+    if o.status is Status.FAILED and o.dsn == "5.4.6":
+        return _named(o.recipient, R.ROUTING_LOOP)
     if o.status is Status.SENT:
         return _named(o.recipient, R.DELIVERED.with_text(f"{R.DELIVERED.text} as {queue_id}"))
     if o.status is Status.DEFERRED:
@@ -225,10 +309,11 @@ def _log(
     message: MessageFile,
     info: SessionInfo,
     size: int,
-    outcomes: Sequence[Outcome],
+    parts: Sequence[tuple[Outcome, str]],
     received_at: float,
 ) -> None:
-    """The mail log, as for a message through the spool (``queue/runner.py``)."""
+    """The mail log, as for a message through the spool (``queue/runner.py``): one
+    line per destination, with ``orig_to`` when an alias led there (as Postfix)."""
     qid = message.queue_id
     maillog.info(
         "%s: accepted from=<%s>, client=[%s]:%d, size=%d, nrcpt=%d, listener=%s",
@@ -237,25 +322,29 @@ def _log(
         info.client_ip,
         info.client_port,
         size,
-        len(outcomes),
+        len(info.recipients),
         info.listener,
     )
     delay = time.time() - received_at
-    for o in outcomes:
+    for o, orig in parts:
+        orig_to = f", orig_to=<{orig}>" if orig and orig != o.recipient else ""
         if o.status is Status.SENT:
+            where = o.location if o.location.startswith("queued") else f"mailbox={o.location}"
             maillog.info(
-                "%s: to=<%s>, status=sent, delay=%.3f, dsn=%s, mailbox=%s",
+                "%s: to=<%s>%s, status=sent, delay=%.3f, dsn=%s, %s",
                 qid,
                 o.recipient,
+                orig_to,
                 delay,
                 o.dsn,
-                o.location,
+                where,
             )
         else:
             maillog.info(
-                "%s: to=<%s>, status=%s, delay=%.3f, dsn=%s, reason=%s",
+                "%s: to=<%s>%s, status=%s, delay=%.3f, dsn=%s, reason=%s",
                 qid,
                 o.recipient,
+                orig_to,
                 # no retry here: the MTA in front was told, and retries or bounces
                 "bounced" if o.status is Status.FAILED else "deferred",
                 delay,

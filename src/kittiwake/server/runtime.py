@@ -23,6 +23,8 @@ from kittiwake.config.model import Config, ListenerConfig, Protocol
 from kittiwake.delivery.direct import DirectDelivery
 from kittiwake.delivery.journal import Journal
 from kittiwake.delivery.maildir import MaildirDeliverer, MaildirOwner
+from kittiwake.delivery.quota import Limit
+from kittiwake.delivery.quota_limits import QuotaOverrides, Quotas
 from kittiwake.dnsservice import DnsService
 from kittiwake.hooks.api import Services
 from kittiwake.hooks.loader import load_chains
@@ -41,7 +43,7 @@ from .listener import Listener
 from .lmtp import lmtp_session_factory, remove_unix_socket, unix_socket_files
 from .privileges import drop, maildir_owner, prepare, run_as, share_data_dir
 from .recipients import LocalResolver
-from .session import SessionContext
+from .session import RcptQuota, SessionContext
 from .sockets import bind_sockets
 from .tls import TlsContexts, TlsStartError
 
@@ -102,10 +104,20 @@ class Server:
         self.spool = Spool(data_dir / "spool", threads=4)
         self.journal = Journal(data_dir / "journal")
         resolver = LocalResolver(self.store, self.store, config.server.postmaster)
+        self._resolver = resolver
         hostname = config.listeners[0].hello_name if config.listeners else None
         deliverer = MaildirDeliverer(data_dir / "mail", self.journal, hostname=hostname)
         if maildir is not None and maildir.active:
             deliverer.owner = maildir
+        opts = config.server
+        # mailbox quotas (Maildir++): kittiwake.xml's default, `kittiwake quota set` overrides
+        self.quota_overrides = QuotaOverrides(data_dir / "quota.db", refresh_interval=0.25)
+        self.quotas = Quotas(
+            Limit(opts.quota_storage, opts.quota_messages),
+            self.quota_overrides,
+            final=not opts.quota_tempfail,
+        )
+        deliverer.quotas = self.quotas
         self.local_deliverer = deliverer  # LMTP's, and LocalDelivery's in the container
         # issue 7: the mailet container (mailetcontainer.xml, else James's default flow)
         # takes every recipient; relayed mail goes to RemoteDelivery (issue 8, started below)
@@ -194,7 +206,9 @@ class Server:
                 writer = spool.begin()  # a queue ID and a data file path; no file yet
                 return writer.queue_id, writer.path
 
-            self._direct = DirectDelivery(self.local_deliverer, reserve)
+            self._direct = DirectDelivery(
+                self.local_deliverer, reserve, quota_final=self.quotas.final
+            )
         resolver = LocalResolver(self.store, self.store, self.config.server.postmaster)
         listener.session_factory = lmtp_session_factory(self._direct, resolver.resolve)
         cfg = listener.config
@@ -239,6 +253,9 @@ class Server:
             hooks=self.chains[cfg.name],
             auth_required=cfg.auth_required,
             access=self._access(cfg),
+            quota=RcptQuota(self.local_deliverer, self._resolver.resolve, self.quotas.final),
+            # LMTP judges aliases at RCPT and delivers to what they expand to (issue 6)
+            rewrites=self.store if cfg.protocol is Protocol.LMTP else None,
         )
 
     def _access(self, cfg: ListenerConfig) -> Access | None:
@@ -290,6 +307,7 @@ class Server:
             await asyncio.to_thread(self._direct.close)  # deliveries under way finish
         await self.runner.stop()  # closes the spool it opened
         self.journal.close()
+        self.quota_overrides.close()
         self.auth_failures.close()
         self.store.close()
 

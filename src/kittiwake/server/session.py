@@ -10,20 +10,24 @@ fsynced (``Spool.commit``).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import Protocol
 
+from kittiwake.delivery.maildir import MaildirDeliverer
 from kittiwake.hooks.api import HEADER_LIMIT, Message, SessionInfo, split_header
 from kittiwake.hooks.chain import Chain
 from kittiwake.hooks.result import CONNECT_FAILED, HOOK_FAILED, HookResult
 from kittiwake.policy.headers import from_addresses, header_fields, submission_fields
 from kittiwake.policy.identity import IdentityMode, from_header_reply
 from kittiwake.policy.relay import SessionTrust, recipient_reply
-from kittiwake.policy.rewrite import EMPTY_TABLE
+from kittiwake.policy.rewrite import EMPTY_TABLE, RewriteTable
 from kittiwake.protocol import (
     Auth,
     AuthResponse,
@@ -43,12 +47,12 @@ from kittiwake.protocol import (
 )
 from kittiwake.protocol import replies as R
 from kittiwake.queue.spool import Envelope, Spool, SpoolWriter
-from kittiwake.storage.base import DomainStore, UserStore
+from kittiwake.storage.base import DomainStore, RewriteStore, UserStore
 
 from .access import Access, Authenticator
 from .recipients import gather
 
-__all__ = ["Session", "SessionContext"]
+__all__ = ["RcptQuota", "Session", "SessionContext"]
 
 log = logging.getLogger("kittiwake.smtp")
 maillog = logging.getLogger("kittiwake.mail")
@@ -69,6 +73,32 @@ class SessionContext:
     #: AUTH, trusted networks, sender identity, aliases (issue 5); None: none of them
     #: (LMTP), and relaying is open to nobody
     access: Access | None = None
+    #: mailbox quotas, checked at RCPT (None: not checked)
+    quota: RcptQuota | None = None
+    #: the rewrite table for an LMTP listener, which has no ``access``
+    rewrites: RewriteStore | None = None
+
+
+class Editable(Protocol):
+    """A message being received that message hooks may read and edit (a spool entry,
+    or LMTP's :class:`~kittiwake.delivery.direct.MessageFile`)."""
+
+    queue_id: str
+
+    def ensure_file(self) -> str: ...
+
+    def splice(self, start: int, end: int, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RcptQuota:
+    """What RCPT needs to refuse a recipient whose mailboxes are all full."""
+
+    deliverer: MaildirDeliverer
+    #: final address -> canonical local mailbox (None: not a local mailbox)
+    mailbox_of: Callable[[str], str | None]
+    #: LMTP's over-quota reply is 552 5.2.2 (else 452 4.2.2, as always for SMTP)
+    final: bool = True
 
 
 class Session:
@@ -235,18 +265,53 @@ class Session:
         # envelope keeps the address as given, and the mailet container's
         # RecipientRewriteTable rewrites it at delivery, as in James.
         auth = self.auth
-        access = self.ctx.access
-        table = access.table() if access is not None and self.ctx.protocol == "SMTP" else None
-        rcpt = gather(event.address, self.ctx.domains, self.ctx.users, table or EMPTY_TABLE)
+        rcpt = gather(event.address, self.ctx.domains, self.ctx.users, self._table())
         trust = auth.trust() if auth is not None else _NO_TRUST
         refusal = recipient_reply(rcpt.facts, trust)
         if refusal is None and auth is not None:
             refusal = auth.sender_refusal(self.info.sender or "")
+        if refusal is None and self.ctx.quota is not None:
+            refusal = await self._quota_refusal(rcpt.targets, self.ctx.quota)
         if refusal is not None:
             self._log_refusal("RCPT", refusal, event.address)
             return refusal
         self.info.recipients.append(event.address)
         return R.RECIPIENT_OK
+
+    def _table(self) -> RewriteTable:
+        """The rewrite table RCPT judges with (aliases of users are valid)."""
+        if self.ctx.access is not None:
+            return self.ctx.access.table()
+        if self.ctx.rewrites is not None:
+            return self.ctx.rewrites.rewrite_table()
+        return EMPTY_TABLE
+
+    async def _quota_refusal(self, targets: Sequence[str], q: RcptQuota) -> Reply | None:
+        """A recipient all of whose mailboxes are full (or cannot take the size MAIL
+        declared, RFC 1870) is refused now: SMTP ``452 4.2.2`` (temporary: the sender's
+        server retries, the user may make room), LMTP the reply its delivery would get.
+        A recipient with any other destination (a remote forward, a mailbox with room)
+        is accepted."""
+        quotas = q.deliverer.quotas
+        if quotas is None or not targets or not quotas.active:
+            return None  # the common case costs no lookup
+        mailboxes = []
+        for target in targets:
+            mailbox = q.mailbox_of(target)
+            if mailbox is None or not quotas.limit_for(mailbox):
+                return None
+            mailboxes.append(mailbox)
+        size = _declared_size(self._mail)
+        for mailbox in mailboxes:
+            try:
+                used = await asyncio.to_thread(q.deliverer.quota_usage, mailbox)
+            except OSError:
+                return None  # delivery will tell
+            if used is None or (not used.full and used.allows(size, 0)):
+                return None
+        if self.ctx.protocol == "LMTP" and q.final:
+            return R.MAILBOX_OVER_QUOTA
+        return R.MAILBOX_FULL
 
     def _log_refusal(self, verb: str, refusal: Reply, address: str) -> None:
         info = self.info
@@ -455,7 +520,7 @@ class Session:
             del header[HEADER_LIMIT + 1 :]  # one byte over: hooks see it as incomplete
             self._header_done = True
 
-    async def _message_hooks(self, writer: SpoolWriter, event: MessageComplete) -> Reply | None:
+    async def _message_hooks(self, writer: Editable, event: MessageComplete) -> Reply | None:
         header = bytes(self._header or b"")
         # No empty line at all: the whole text is header fields (RFC 5322 3.5).
         complete = len(header) <= HEADER_LIMIT
@@ -470,7 +535,7 @@ class Session:
                 return _storage_reply(exc)
         return None
 
-    def _apply_edits(self, writer: SpoolWriter, message: Message) -> None:
+    def _apply_edits(self, writer: Editable, message: Message) -> None:
         """Header fields the hooks added or replaced, written into the spooled text
         (just after the trace headers)."""
         start = self._trace_size
@@ -492,6 +557,11 @@ class Session:
 
 
 _NO_TRUST = SessionTrust(relay_allowed=False, auth_announced=False)
+
+
+def _declared_size(mail: MailFrom | None) -> int:
+    """MAIL's SIZE parameter (RFC 1870), 0 if absent."""
+    return mail.size or 0 if mail is not None else 0
 
 
 def _bye(ctx: SessionContext) -> Reply:
