@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     from kittiwake.mailet.commands import add_parsers  # repo, sendmail (issue 7)
 
     add_parsers(sub, common)
+    from kittiwake.mailet.queue_commands import add_queue_parser  # issue 8
+
+    add_queue_parser(sub, common)
     return parser
 
 
@@ -151,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _alias(config, data, args)
         if args.command in ("repo", "sendmail"):
             return _mailet_command(config, data, args)
+        if args.command == "queue":
+            return _queue_command(config, data, args)
     except _Failure as exc:
         print(f"kittiwake: {exc}", file=sys.stderr)
         return 1
@@ -185,6 +190,15 @@ def _mailet_command(config: Config, data: Path, args: argparse.Namespace) -> int
         data.mkdir(parents=True, exist_ok=True)
         return run_sendmail(args, data, config.domains.default_domain)
     except CommandError as exc:
+        raise _Failure(str(exc)) from None
+
+
+def _queue_command(config: Config, data: Path, args: argparse.Namespace) -> int:
+    from kittiwake.mailet.queue_commands import QueueCommandError, run_queue
+
+    try:
+        return run_queue(config, data, args)
+    except QueueCommandError as exc:
         raise _Failure(str(exc)) from None
 
 
