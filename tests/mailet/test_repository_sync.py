@@ -69,3 +69,35 @@ def test_outside_a_block_store_is_durable_at_once(tmp_path: Path) -> None:
     # written, not linked: the spool file may not be fsynced for a caller outside a batch
     assert os.stat(repo.path / f"{key}.eml").st_ino != os.stat(spool / "m4").st_ino
     assert repo.message_bytes(key) == DATA
+
+
+def test_concurrent_removals_share_directory_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from kittiwake.mailet import repository
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    repo = MailRepository(tmp_path / "repositories", "outgoing")
+    keys = [repo.store(_mail(spool, f"r{i}")) for i in range(24)]
+    calls: list[float] = []
+    real = repository._fsync_dir
+
+    def slow_fsync_dir(path: Path) -> None:
+        calls.append(time.monotonic())
+        time.sleep(0.02)  # a slow disk: removals pile up behind one flush
+        real(path)
+
+    monkeypatch.setattr(repository, "_fsync_dir", slow_fsync_dir)
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda k=k: results.append(repo.remove(k))) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [True] * 24 and repo.keys() == []
+    assert 1 <= len(calls) < 24  # shared, yet each removal waited for one after it
+    assert repo.remove(keys[0]) is False
