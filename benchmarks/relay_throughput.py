@@ -146,6 +146,8 @@ class Relay:
     stop: Callable[[], str | None]
     queued: Callable[[], int]
     log: Callable[[], str]
+    #: the main process (kittiwake serve, Postfix's master): its tree's CPU is measured
+    pid: int
 
 
 def start_kittiwake(
@@ -222,7 +224,7 @@ def start_kittiwake(
     except BenchError as exc:
         stop()
         raise BenchError(f"kittiwake did not come up: {exc}\n{indent(read_log())}") from None
-    return Relay("kittiwake", port, stop, queued, read_log)
+    return Relay("kittiwake", port, stop, queued, read_log, proc.pid)
 
 
 def start_postfix(workdir: Path, sink: Sink) -> Relay:
@@ -316,7 +318,8 @@ smtpd_forbid_bare_newline_exclusions =
     except BenchError as exc:
         stop()
         raise BenchError(f"postfix did not come up: {exc}\n{indent(read_log())}") from None
-    return Relay("postfix", port, stop, queued, read_log)
+    master = int((d / "queue" / "pid" / "master.pid").read_text().split()[0])
+    return Relay("postfix", port, stop, queued, read_log, master)
 
 
 # --------------------------------------------------------------------------- a round
@@ -329,6 +332,7 @@ class RoundResult:
     seconds_to_sink: float  # launch of smtp-source -> the sink counted MESSAGES
     seconds_client: float  # launch of smtp-source -> smtp-source exited (all 250 + QUIT)
     messages: int
+    cpu_seconds: float  # CPU (user + system) of the relay's processes during the round
 
     @property
     def rate(self) -> float:
@@ -357,6 +361,7 @@ def run_round(name: str, round_no: int, args: argparse.Namespace, base: Path) ->
         else:
             relay = start_postfix(workdir, sink)
         os.sync()  # settle the page cache before the clock runs
+        cpu_before = tree_cpu(relay.pid)
         source_cmd = [
             args.smtp_source,
             "-s",
@@ -408,6 +413,7 @@ def run_round(name: str, round_no: int, args: argparse.Namespace, base: Path) ->
             raise BenchError(f"{name}: the sink counted {sink.count}, sent {args.messages}")
         if relay.queued():
             raise BenchError(f"{name}: {relay.queued()} mails still queued after the run")
+        cpu = tree_cpu(relay.pid) - cpu_before
     finally:
         warning = relay.stop() if relay is not None else None
         sink.stop()
@@ -415,7 +421,34 @@ def run_round(name: str, round_no: int, args: argparse.Namespace, base: Path) ->
         print(f"  warning: {name} {warning}", file=sys.stderr)
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
-    return RoundResult(name, round_no, t_sink, t_client, args.messages)
+    return RoundResult(name, round_no, t_sink, t_client, args.messages, cpu)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process, its children waited for, and its live
+    descendants (Postfix's master and its services; kittiwake and its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        ppid = int(fields[1])
+        children.setdefault(ppid, []).append(int(entry))
+        # utime, stime, cutime, cstime
+        times[int(entry)] = sum(int(x) for x in fields[11:15]) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo.extend(children.get(p, ()))
+    return total
 
 
 # --------------------------------------------------------------------------- main
@@ -490,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  round {r.round_no:>2}  {r.server:<10} {r.rate:>7.0f} msg/s to the sink "
                     f"({r.seconds_to_sink:6.2f} s)   accepted {r.client_rate:>7.0f} msg/s "
-                    f"({r.seconds_client:6.2f} s)",
+                    f"({r.seconds_client:6.2f} s)   CPU {1000 * r.cpu_seconds / r.messages:.2f} "
+                    "ms/msg",
                     flush=True,
                 )
     except BenchError as exc:
@@ -507,10 +541,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         rates = sorted(r.rate for r in results if r.server == name)
         accepted = statistics.median(r.client_rate for r in results if r.server == name)
+        cpu = statistics.median(
+            1000 * r.cpu_seconds / r.messages for r in results if r.server == name
+        )
         medians[name] = statistics.median(rates)
         print(
             f"  {name:<10} {medians[name]:>7.0f} msg/s   (rounds, sorted: "
-            f"{', '.join(f'{x:.0f}' for x in rates)}; accepted: {accepted:.0f} msg/s)"
+            f"{', '.join(f'{x:.0f}' for x in rates)}; accepted: {accepted:.0f} msg/s; "
+            f"CPU {cpu:.2f} ms/msg)"
         )
     if len(names) == 2:
         ratio = medians["kittiwake"] / medians["postfix"]
