@@ -111,6 +111,9 @@ def test_list_show_retry_remove(data: Path, capsys: pytest.CaptureFixture[str]) 
     )
     code, _, err = _run(capsys, data, "remove", fresh)
     assert code == 1 and f"no mail {fresh}" in err
+    # --repository is a name, never a path out of DATA/repositories
+    code, out, err = _run(capsys, data, "list", "--repository", "..")
+    assert code == 0 and out == "" and "0 mail(s) in default" in err
 
 
 def test_a_mail_being_delivered_is_left_alone(

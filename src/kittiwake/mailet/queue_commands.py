@@ -33,7 +33,7 @@ from kittiwake.mailet.outgoing import (
     read_retry,
     remove_mail,
 )
-from kittiwake.mailet.repository import MailRepository, RepositoryStore
+from kittiwake.mailet.repository import MailRepository, RepositoryStore, repository_name
 
 __all__ = ["QueueCommandError", "add_queue_parser", "run_queue"]
 
@@ -78,7 +78,8 @@ def add_queue_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def run_queue(config: Any, data: Path, args: argparse.Namespace) -> int:
     """Raises: QueueCommandError."""
     store = RepositoryStore(data / "repositories")
-    names = list(args.repository or [])
+    # a name, never a path: "../x" must not reach outside DATA/repositories
+    names = [repository_name(n) for n in args.repository or []]
     if not names:
         from kittiwake.mailet import load_spec
 
