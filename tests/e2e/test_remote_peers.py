@@ -6,7 +6,8 @@ through MX records of the loopback DNS server:
   Maildir; a 451 is retried on the schedule and delivered once Postfix takes it;
 * a second kittiwake on 127.0.0.4: delivered into its Maildir, its 550 bounced; while it
   is down the mail waits (``kittiwake queue list`` shows the refused connection) and
-  ``kittiwake queue flush`` sends it once it is up; down for good: a DSN;
+  ``kittiwake queue flush`` sends it once it is up (``queue remove`` drops one mail for
+  good, ``queue retry`` sends another); down for good: a DSN;
 * a smarthost requiring AUTH (a third kittiwake on 127.0.0.5, STARTTLS and
   ``<required>``), used as ``gateway`` with ``gatewayUsername``/``gatewayPassword``: the
   mail goes through it to the second kittiwake; a wrong password is deferred (as Postfix's
@@ -297,6 +298,48 @@ def test_kittiwake_peer_down_then_flushed(
         (got,) = kittiwake_peer.wait_messages(rcpt, 1, timeout=30)
         assert b"Subject: while down" in got
         _wait_empty(relay)
+        assert relay.messages(ALICE) == []
+    finally:
+        _stop(relay)
+
+
+def test_queue_remove_and_retry_on_a_running_relay(
+    tmp_path: Path, dns_server: TestDns, kittiwake_peer: Kittiwake
+) -> None:
+    """Two mails wait for the peer; one is removed, the other retried once the peer is
+    up: only that one arrives, and nobody gets a bounce."""
+    relay = _relay(
+        tmp_path / "relay",
+        dns_server,
+        f"<delayTime>1 hour</delayTime><maxRetries>3</maxRetries>"
+        f"<mail.smtp.port>{kittiwake_peer.port}</mail.smtp.port>",
+    )
+    relay.start()
+    try:
+        rcpt = f"carol@{KW_DOMAIN}"
+        _submit(relay, [rcpt], "to be removed")
+        _submit(relay, [rcpt], "to be retried")
+        deadline = time.monotonic() + 30
+        while len([m for m in _queue(relay) if m["attempts"] == "1"]) < 2:
+            assert time.monotonic() < deadline, _queue(relay)
+            time.sleep(0.1)
+        keys = {}
+        for m in _queue(relay):
+            shown = relay.cli("queue", "show", m["key"]).stdout
+            keys["removed" if "Subject: to be removed" in shown else "retried"] = m["key"]
+        removed = relay.cli("queue", "remove", keys["removed"])
+        assert removed.returncode == 0, removed.stderr
+        assert f"removed {keys['removed']}" in removed.stdout
+        assert [m["key"] for m in _queue(relay)] == [keys["retried"]]
+        kittiwake_peer.start()
+        retried = relay.cli("queue", "retry", keys["retried"][:12])  # by its queue ID
+        assert retried.returncode == 0, retried.stderr
+        assert f"{keys['retried']}: due now" in retried.stdout
+        (got,) = kittiwake_peer.wait_messages(rcpt, 1, timeout=30)
+        assert b"Subject: to be retried" in got
+        _wait_empty(relay)
+        time.sleep(1.5)  # a sweep later: still only the one
+        assert len(kittiwake_peer.messages(rcpt)) == 1
         assert relay.messages(ALICE) == []
     finally:
         _stop(relay)
