@@ -20,7 +20,10 @@ at once, so the file system's journal commits them together) and then each direc
 once. Until then the mail is durable as its spool entry, which is removed only after
 the block: a crash before the end processes it again and, the key being deterministic,
 stores it over the half-written copy. A message the mailets did not change is
-hard-linked from its spool file (fsynced already) instead of being written again.
+hard-linked from its spool file (fsynced already) instead of being written again (it
+may then share its inode, owner and mode with the Maildir copies of the same message,
+``<maildir uid gid mode>``; the repository directory stays 0700, and nobody writes any
+of these files in place).
 RemoteDelivery may send a mail stored this way before the block ends; its files are then
 gone by the flush, which skips them.
 """
