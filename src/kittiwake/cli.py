@@ -125,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     from kittiwake.cli_dkim import add_parsers as add_dkim_parsers  # issue 8 point 4
 
     add_dkim_parsers(sub, common)
+    from kittiwake.mailet.queue_commands import add_queue_parser  # issue 8
+
+    add_queue_parser(sub, common)
     return parser
 
 
@@ -161,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _mailet_command(config, data, args)
         if args.command == "dkim":
             return _dkim(config, data, args)
+        if args.command == "queue":
+            return _queue_command(config, data, args)
     except _Failure as exc:
         print(f"kittiwake: {exc}", file=sys.stderr)
         return 1
@@ -226,6 +231,15 @@ def _dkim(config: Config, data: Path, args: argparse.Namespace) -> int:
     try:
         return run_dkim(data, args, config)
     except CommandError as exc:
+        raise _Failure(str(exc)) from None
+
+
+def _queue_command(config: Config, data: Path, args: argparse.Namespace) -> int:
+    from kittiwake.mailet.queue_commands import QueueCommandError, run_queue
+
+    try:
+        return run_queue(config, data, args)
+    except QueueCommandError as exc:
         raise _Failure(str(exc)) from None
 
 

@@ -37,13 +37,15 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"kittiwake exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            with socket.create_connection((host, port), timeout=0.5) as s:
                 s.recv(512)
                 return
         except OSError:
@@ -51,12 +53,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.
     raise RuntimeError(f"kittiwake did not listen on {port} within {timeout}s")
 
 
-def smtpserver_xml(port: int, extra: str = "", hello: str = "mx.kittiwake.test") -> str:
+def smtpserver_xml(
+    port: int, extra: str = "", hello: str = "mx.kittiwake.test", host: str = "127.0.0.1"
+) -> str:
     return f"""<?xml version="1.0"?>
 <smtpservers>
   <smtpserver enabled="true">
     <jmxName>smtpserver</jmxName>
-    <bind>127.0.0.1:{port}</bind>
+    <bind>{host}:{port}</bind>
     <helloName autodetect="false">{hello}</helloName>
     {extra}
   </smtpserver>
@@ -85,6 +89,8 @@ class Kittiwake:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: the listener's address (other 127.x addresses: a peer of another kittiwake)
+    host: str = "127.0.0.1"
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -108,7 +114,7 @@ class Kittiwake:
             env={**AS_ROOT, **os.environ, **self.env},
         )
         if wait:
-            wait_for_port(self.port, self.proc)
+            wait_for_port(self.port, self.proc, host=self.host)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
         assert self.proc is not None
@@ -151,13 +157,23 @@ class Kittiwake:
         return self.log.read_text(errors="replace")
 
 
-def make_kittiwake(tmp_path: Path, extra: str = "", users: tuple[str, ...] = ()) -> Kittiwake:
+def make_kittiwake(
+    tmp_path: Path,
+    extra: str = "",
+    users: tuple[str, ...] = (),
+    *,
+    host: str = "127.0.0.1",
+    hello: str = "mx.kittiwake.test",
+    domainlist: str = DOMAINLIST,
+) -> Kittiwake:
     conf = tmp_path / "conf"
-    conf.mkdir(exist_ok=True)
-    port = free_port()
-    (conf / "smtpserver.xml").write_text(smtpserver_xml(port, extra))
-    (conf / "domainlist.xml").write_text(DOMAINLIST)
-    kw = Kittiwake(conf=conf, data=tmp_path / "data", port=port, log=tmp_path / "kittiwake.log")
+    conf.mkdir(parents=True, exist_ok=True)
+    port = free_port(host)
+    (conf / "smtpserver.xml").write_text(smtpserver_xml(port, extra, hello, host))
+    (conf / "domainlist.xml").write_text(domainlist)
+    kw = Kittiwake(
+        conf=conf, data=tmp_path / "data", port=port, log=tmp_path / "kittiwake.log", host=host
+    )
     for user in users:
         kw.add_user(user)
     return kw

@@ -1,9 +1,11 @@
 """A private Postfix instance for tests: its own configuration directory under /tmp, loopback
 only, no system service touched (see ../shared/reference/peers-on-loopback.md).
 
-It accepts mail over SMTP on 127.0.0.1:PORT for ``kittiwake.test`` (the users listed in a
-texthash map) and hands it to an LMTP server through ``virtual_transport``. Postfix must be
-started as root; :func:`postfix_missing` says why a test cannot run.
+It accepts mail over SMTP on 127.0.0.1:PORT (or another loopback address) for
+``kittiwake.test`` (or another domain: the users listed in a texthash map) and hands it to
+an LMTP server through ``virtual_transport``, or (``maildir=True``) delivers it itself into
+Maildirs under its directory with virtual(8). Postfix must be started as root;
+:func:`postfix_missing` says why a test cannot run.
 """
 
 from __future__ import annotations
@@ -43,10 +45,25 @@ class PrivatePostfix:
     """One Postfix instance in a temporary directory (world-traversable: its daemons run
     as the ``postfix`` user)."""
 
-    def __init__(self, smtp_port: int, transport: str, users: Iterable[str]) -> None:
+    def __init__(
+        self,
+        smtp_port: int,
+        transport: str,
+        users: Iterable[str],
+        *,
+        address: str = "127.0.0.1",
+        domain: str = "kittiwake.test",
+        maildir: bool = False,
+        main_cf: str = "",
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="kw-postfix-", dir="/tmp"))
         os.chmod(self.dir, 0o755)
         self.smtp_port = smtp_port
+        #: smtpd listens here (master.cf); inet_interfaces stays 127.0.0.1: Postfix finds
+        #: no interface for other 127.x addresses and refuses to start, silently
+        self.address = address
+        self.domain = domain
+        self.vmail = self.dir / "vmail"
         self.maillog = self.dir / "maillog"
         self._started = False
         for name in ("dynamicmaps.cf", "postfix-files"):
@@ -57,8 +74,20 @@ class PrivatePostfix:
         (self.dir / "queue").mkdir()
         (self.dir / "data").mkdir()
         shutil.chown(self.dir / "data", "postfix", "postfix")
-        (self.dir / "vmaps").write_text("".join(f"{u} x\n" for u in users))
-        (self.dir / "main.cf").write_text(self._main_cf(transport))
+        if maildir:
+            # virtual(8) runs as uid 5000: the Maildirs' base must be its own
+            self.vmail.mkdir()
+            os.chown(self.vmail, 5000, 5000)
+            lines = [f"{u} {u.rpartition('@')[2]}/{u.rpartition('@')[0]}/\n" for u in users]
+            transport = "virtual"
+            main_cf = (
+                f"virtual_mailbox_base = {self.vmail}\nvirtual_uid_maps = static:5000\n"
+                f"virtual_gid_maps = static:5000\n{main_cf}"
+            )
+        else:
+            lines = [f"{u} x\n" for u in users]
+        (self.dir / "vmaps").write_text("".join(lines))
+        (self.dir / "main.cf").write_text(self._main_cf(transport) + main_cf)
 
     def _master_cf(self) -> str:
         """Debian's master.cf, chroot off everywhere, smtpd on 127.0.0.1:PORT only."""
@@ -69,7 +98,7 @@ class PrivatePostfix:
                 out.append(line)
                 continue
             if fields[0] == "smtp" and fields[1] == "inet":
-                fields[0] = f"127.0.0.1:{self.smtp_port}"
+                fields[0] = f"{self.address}:{self.smtp_port}"
             fields[4] = "n"  # no chroot: the instance lives in /tmp
             out.append(" ".join(fields))
         return "\n".join(out) + "\n"
@@ -94,7 +123,7 @@ alias_database =
 biff = no
 maillog_file = {d}/maillog
 maillog_file_prefixes = /tmp, /var
-virtual_mailbox_domains = kittiwake.test
+virtual_mailbox_domains = {self.domain}
 virtual_mailbox_maps = texthash:{d}/vmaps
 virtual_transport = {transport}
 queue_run_delay = 1s
@@ -136,6 +165,36 @@ smtpd_forbid_bare_newline_exclusions =
     def flush(self) -> None:
         """``postqueue -f``: try the deferred mail again now."""
         subprocess.run([POSTQUEUE, "-c", str(self.dir), "-f"], capture_output=True, timeout=30)
+
+    def maildir_messages(self, address: str) -> list[bytes]:
+        """What virtual(8) delivered to ``address`` (``maildir=True``), oldest first."""
+        local, _, domain = address.rpartition("@")
+        out: list[bytes] = []
+        for sub in ("new", "cur"):
+            box = self.vmail / domain / local / sub
+            if box.is_dir():
+                out += [p.read_bytes() for p in sorted(box.iterdir())]
+        return out
+
+    def wait_maildir(self, address: str, count: int, timeout: float = 30.0) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.maildir_messages(address)
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{address}: {len(self.maildir_messages(address))} messages in Postfix's "
+            f"Maildir, want {count}\n{self.log()[-3000:]}"
+        )
+
+    def reload(self) -> None:
+        """``postfix reload``: new smtpd processes read the changed maps."""
+        result = subprocess.run(
+            [POSTFIX, "-c", str(self.dir), "reload"], capture_output=True, text=True, timeout=30
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"postfix reload: {result.stdout}{result.stderr}")
 
     def log(self) -> str:
         return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""

@@ -54,7 +54,7 @@ from kittiwake.mailet.api import ERROR, GHOST, ROOT, Mail, Mailet, MessagingErro
 from kittiwake.mailet.config import ContainerSpec
 from kittiwake.mailet.loader import Step, compile_container
 from kittiwake.mailet.message import Message
-from kittiwake.mailet.repository import RepositoryStore
+from kittiwake.mailet.repository import RepositoryStore, deferred_sync
 from kittiwake.policy.rewrite import EMPTY_TABLE, RewriteTable
 from kittiwake.queue._envelope import Envelope
 
@@ -349,13 +349,16 @@ class MailetDeliverer:
 
     def deliver(self, jobs: Sequence[DeliveryJob]) -> list[list[Outcome]]:
         runs: list[_Run] = []
-        for job in jobs:
-            with self._lock:
-                again = job.queue_id in self._attempted
-                self._attempted.add(job.queue_id)
-            run = _Run(job, job.envelope, job.recovered or again)
-            runs.append(run)
-            self._process(run)
+        # One group commit for every repository store of the batch (RemoteDelivery's
+        # outgoing queue above all): the spool entries go only after this returns.
+        with deferred_sync():
+            for job in jobs:
+                with self._lock:
+                    again = job.queue_id in self._attempted
+                    self._attempted.add(job.queue_id)
+                run = _Run(job, job.envelope, job.recovered or again)
+                runs.append(run)
+                self._process(run)
         self._deliver_local(runs)
         results = [self._outcomes(run) for run in runs]
         with self._lock:

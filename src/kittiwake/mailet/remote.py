@@ -546,14 +546,21 @@ class RemoteDelivery(Mailet):
                 "; ".join(sorted(set(reasons.values()))),
             )
 
+            # "error": the last attempt's replies, for `kittiwake queue list|show`
+            state = {
+                "attempts": attempts,
+                "next": nxt,
+                "error": "; ".join(sorted(set(reasons.values()))),
+            }
+
             def keep() -> None:
                 if later != mail.recipients:
                     mail.recipients = later
                     new = repo.store(mail)
-                    _write_retry(repo, new, {"attempts": attempts, "next": nxt})
+                    _write_retry(repo, new, state)
                     _remove(repo, key)
                 else:
-                    _write_retry(repo, key, {"attempts": attempts, "next": nxt})
+                    _write_retry(repo, key, state)
 
             await asyncio.to_thread(keep)
         else:

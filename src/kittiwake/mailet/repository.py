@@ -11,17 +11,35 @@ temporary name, fsynced and renamed; the ``.json`` last, so a mail exists once i
 ``.json`` does, and the directory is fsynced before :meth:`MailRepository.store`
 returns. The key is a function of the mail (its name, state and recipients), so
 storing the same mail again after a crash overwrites it instead of keeping two.
+
+Group commit (:func:`deferred_sync`): the mailet container processes a batch of spool
+entries in one thread, and the spool entries go only after the whole batch. Inside
+``with deferred_sync():`` a ``store`` in that thread writes and renames its files but
+leaves the fsyncs to the end of the block, where every file written is fsynced (several
+at once, so the file system's journal commits them together) and then each directory
+once. Until then the mail is durable as its spool entry, which is removed only after
+the block: a crash before the end processes it again and, the key being deterministic,
+stores it over the half-written copy. A message the mailets did not change is
+hard-linked from its spool file (fsynced already) instead of being written again (it
+may then share its inode, owner and mode with the Maildir copies of the same message,
+``<maildir uid gid mode>``; the repository directory stays 0700, and nobody writes any
+of these files in place).
+RemoteDelivery may send a mail stored this way before the block ends; its files are then
+gone by the flush, which skips them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +47,13 @@ from typing import Any
 from kittiwake.mailet.api import Mail
 from kittiwake.mailet.message import Message
 
-__all__ = ["MailRepository", "RepositoryStore", "StoredMail", "repository_name"]
+__all__ = [
+    "MailRepository",
+    "RepositoryStore",
+    "StoredMail",
+    "deferred_sync",
+    "repository_name",
+]
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -90,7 +114,16 @@ class MailRepository:
         """
         self._ensure()
         key = self.key_for(mail)
-        data = mail.message.as_bytes()
+        pending: _Pending | None = getattr(_deferred, "pending", None)
+        message = mail.message
+        if pending is not None and not message.modified and message.path is not None:
+            eml = self.path / f"{key}.eml"
+            if _link_file(message.path, eml):
+                pending.dirs.add(self.path)  # its data was fsynced by the spool
+            else:
+                _write_file(eml, message.as_bytes(), pending)
+        else:
+            _write_file(self.path / f"{key}.eml", message.as_bytes(), pending)
         meta = {
             "name": mail.name,
             "sender": mail.sender,
@@ -104,9 +137,9 @@ class MailRepository:
             "stored_at": time.time(),
             "attributes": {k: v for k, v in mail.attributes.items() if _jsonable(v)},
         }
-        _write_file(self.path / f"{key}.eml", data)
-        _write_file(self.path / f"{key}.json", json.dumps(meta).encode())
-        _fsync_dir(self.path)
+        _write_file(self.path / f"{key}.json", json.dumps(meta).encode(), pending)
+        if pending is None:
+            _fsync_dir(self.path)
         return key
 
     def keys(self) -> list[str]:
@@ -178,14 +211,16 @@ class MailRepository:
         )
 
     def remove(self, key: str) -> bool:
-        """Delete a mail (``.json`` first: it is what makes the mail exist)."""
-        try:
-            self._meta(key)
-        except KeyError:
+        """Delete a mail (``.json`` first: it is what makes the mail exist); the
+        directory fsync is shared with concurrent removals (:class:`_DirSync`)."""
+        if "/" in key or key.startswith("."):
             return False
-        (self.path / f"{key}.json").unlink(missing_ok=True)
+        try:
+            (self.path / f"{key}.json").unlink()
+        except FileNotFoundError:
+            return False
         (self.path / f"{key}.eml").unlink(missing_ok=True)
-        _fsync_dir(self.path)
+        _dir_sync(self.path).sync()
         return True
 
 
@@ -214,17 +249,146 @@ def _jsonable(value: object) -> bool:
     return isinstance(value, str | int | float | bool | type(None) | list | dict)
 
 
-def _write_file(path: Path, data: bytes) -> None:
+class _Pending:
+    """What a thread's :func:`deferred_sync` block still has to fsync."""
+
+    def __init__(self) -> None:
+        self.files: list[Path] = []
+        self.dirs: set[Path] = set()
+
+
+_deferred = threading.local()
+#: fsyncs of one flush run in parallel: the journal commits them together
+_SYNC_THREADS = 8
+_sync_pool: ThreadPoolExecutor | None = None
+_sync_pool_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def deferred_sync() -> Iterator[None]:
+    """Group commit of :meth:`MailRepository.store` in this thread (see the module
+    docstring): everything stored in the block is durable when it ends.
+
+    Raises:
+        OSError: an fsync failed (then nothing stored in the block may be counted on).
+    """
+    if getattr(_deferred, "pending", None) is not None:
+        yield  # nested: the outer block flushes
+        return
+    pending = _deferred.pending = _Pending()
+    try:
+        yield
+    finally:
+        _deferred.pending = None
+        _flush(pending)
+
+
+def _flush(pending: _Pending) -> None:
+    global _sync_pool
+    if len(pending.files) > 1:
+        with _sync_pool_lock:
+            if _sync_pool is None:
+                _sync_pool = ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="kw-repo-sync")
+        list(_sync_pool.map(_fsync_path, pending.files))
+    else:
+        for path in pending.files:
+            _fsync_path(path)
+    for directory in pending.dirs:
+        _fsync_dir(directory)
+
+
+def _fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # delivered and removed meanwhile: nothing left to make durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_file(source: str, path: Path) -> bool:
+    """Hard-link ``source`` (an fsynced spool file, never written again) as ``path``;
+    False when links are not possible here (another file system)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(source, tmp)
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOENT):
+            return False
+        raise
+    os.replace(tmp, path)
+    return True
+
+
+def _write_file(path: Path, data: bytes, pending: _Pending | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if pending is None:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    if pending is not None:
+        pending.files.append(path)
+        pending.dirs.add(path.parent)
+
+
+class _DirSync:
+    """Group commit of one directory's fsync: a caller whose change (unlink, rename) is
+    done asks for a flush and returns once a flush that *started after its request* has
+    completed; while one runs, the requests that arrive meanwhile wait and share the
+    next one. Delivery threads removing sent mails at once then cost one fsync per
+    round instead of one each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._requested = 0
+        self._completed = 0
+        self._running = False
+
+    def sync(self) -> None:
+        """Raises: OSError: the fsync this call ran failed."""
+        with self._cond:
+            self._requested += 1
+            mine = self._requested
+            while self._completed < mine:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                upto = self._requested
+                self._cond.release()
+                ok = False
+                try:
+                    _fsync_dir(self.path)
+                    ok = True
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    if ok:
+                        self._completed = max(self._completed, upto)
+                    self._cond.notify_all()
+
+
+_dir_syncs: dict[Path, _DirSync] = {}
+_dir_syncs_lock = threading.Lock()
+
+
+def _dir_sync(path: Path) -> _DirSync:
+    with _dir_syncs_lock:
+        found = _dir_syncs.get(path)
+        if found is None:
+            found = _dir_syncs[path] = _DirSync(path)
+        return found
 
 
 def _fsync_dir(path: Path) -> None:
