@@ -239,3 +239,40 @@ def test_deferred_mail_survives_a_restart(relay: Relay) -> None:
     _, rcpts, data = relay.sink.wait(rcpt)
     assert rcpts == [rcpt] and b"Subject: after restart\r\n" in data
     assert relay.kw.messages(ALICE) == []
+
+
+def test_mx_pointing_back_at_kittiwake_bounces(tmp_path: Path, dns_server: TestDns) -> None:
+    """An MX that names kittiwake itself (by its listening address and port, or by its
+    helloName) is a configuration error reported in the bounce, never a mail loop."""
+    kw = make_kittiwake(
+        tmp_path,
+        "<auth><announce>always</announce><requireSSL>false</requireSSL></auth>",
+        users=(ALICE,),
+    )
+    dns_server.add("loop-e2e.test", "MX", "10 mx.loop-e2e.test")
+    dns_server.add("mx.loop-e2e.test", "A", "127.0.0.1")  # where kittiwake listens
+    dns_server.add("named-e2e.test", "MX", "10 mx.kittiwake.test")  # our helloName
+    dns_server.add("mx.kittiwake.test", "A", "127.0.0.2")
+    (kw.conf / "dnsservice.xml").write_text(dns_server.dnsservice_xml())
+    (kw.conf / "mailetcontainer.xml").write_text(_mailetcontainer(kw.port))
+    kw.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", kw.port, timeout=10) as client:
+            client.login(ALICE, "secret")
+            client.sendmail(
+                ALICE,
+                ["carol@loop-e2e.test", "dave@named-e2e.test"],
+                f"From: <{ALICE}>\r\nSubject: looping\r\n\r\nhello\r\n",
+            )
+        dsns = kw.wait_messages(ALICE, 2, timeout=20)
+        for domain, rcpt in (("loop-e2e.test", "carol"), ("named-e2e.test", "dave")):
+            (dsn,) = [d for d in dsns if f"Final-Recipient: rfc822; {rcpt}@".encode() in d]
+            assert b"Status: 5.4.6" in dsn
+            assert f"mail for {domain} loops back to myself".encode() in dsn
+            assert b"Subject: looping" in dsn
+        # queued once for remote delivery: never received again from itself
+        assert kw.log_text().count("queued for remote delivery") == 1, kw.log_text()[-3000:]
+        assert kw.cli("repo", "list", "outgoing").stdout.strip() == ""
+    finally:
+        code = kw.stop()
+        assert code == 0, kw.log_text()[-3000:]

@@ -152,9 +152,9 @@ def test_verify_server_identity(
         assert [(m.rcpts, m.tls) for m in dest.messages] == [
             (["carol@good.verify.params.test"], True)
         ]
-        assert (
-            "4.7.5 TLS certificate of alias.verify.params.test[127.0.0.2]" in caplog.text
-        ), caplog.text
+        assert "4.7.5 TLS certificate of alias.verify.params.test[127.0.0.2]" in caplog.text, (
+            caplog.text
+        )
         assert "not verified" in caplog.text and "Hostname mismatch" in caplog.text
         assert len(mailet.repo) == 1  # deferred, kept for the next attempt
 

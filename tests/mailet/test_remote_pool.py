@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from .remote_helpers import Context, Destination, deliver, mailet_with, make_mai
 
 
 @pytest.fixture
-def dest() -> Destination:
+def dest() -> Iterator[Destination]:
     d = Destination()
     yield d.start()
     d.stop()
