@@ -180,9 +180,16 @@ class RemoteDelivery(Mailet):
                 self.gateways.append((item.strip("[]"), self.gateway_port))
         self.gateway_user = config.get("gatewayUsername") or config.get("gatewayusername")
         self.gateway_password = config.get("gatewayPassword") or ""
-        helo = config.get("heloName") or config.context.hostname
-        if not helo or helo.lower() in ("localhost", "localhost.localdomain"):
-            helo = socket.getfqdn()
+        helo = config.get("heloName") or ""
+        if not helo:
+            # kittiwake's default (James: the default domain): the server's own name,
+            # fully qualified as RFC 5321 4.1.1.1 asks of an EHLO name
+            helo = config.context.hostname or ""
+            if not helo or helo.lower() in ("localhost", "localhost.localdomain"):
+                helo = socket.getfqdn()
+            elif "." not in helo:
+                fqdn = socket.getfqdn(helo)
+                helo = fqdn if "." in fqdn else helo
         self.helo = helo
         self.client = ClientSettings(
             helo=helo,

@@ -96,7 +96,8 @@ class ConnectionPool:
             self.lock_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._changed = asyncio.Event()
-        self._reaper = asyncio.create_task(self._reap(), name="remote-delivery-reaper")
+        if self.idle_time > 0:  # else nothing is kept idle
+            self._reaper = asyncio.create_task(self._reap(), name="remote-delivery-reaper")
 
     async def stop(self) -> None:
         if self._reaper is not None:
