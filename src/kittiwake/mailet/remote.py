@@ -262,10 +262,13 @@ class RemoteDelivery(Mailet):
         self._task = asyncio.create_task(self._sweeper(), name="remote-delivery")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            while not task.done():  # a cancellation swallowed by a library: again
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                task.result()
             self._task = None
             await self.pool.stop()
 
@@ -289,8 +292,11 @@ class RemoteDelivery(Mailet):
                     task = asyncio.create_task(self._attempt_guarded(key, sem))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                # cancellation that comes as the event is set, and stop() would hang
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+                    async with asyncio.timeout(max(wait, 0.01)):
+                        await self._wake.wait()
         finally:
             for task in tasks:
                 task.cancel()

@@ -183,7 +183,8 @@ class ConnectionPool:
                 continue
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), _POLL)
+                async with asyncio.timeout(_POLL):  # not wait_for: see remote.py
+                    await self._changed.wait()
 
     def opened_with(self, smtp: aiosmtplib.SMTP, slot: Slot, address: str, port: int) -> Connection:
         self.opened += 1

@@ -112,9 +112,8 @@ async def _socket(address: str, port: int, bind: str | None, timeout: float) -> 
         sock.setblocking(False)
         if bind:
             sock.bind((bind, 0))
-        await asyncio.wait_for(
-            asyncio.get_running_loop().sock_connect(sock, (address, port)), timeout
-        )
+        async with asyncio.timeout(timeout):
+            await asyncio.get_running_loop().sock_connect(sock, (address, port))
     except BaseException:
         sock.close()
         raise
@@ -297,5 +296,6 @@ async def close(smtp: aiosmtplib.SMTP, timeout: float = 5.0) -> None:
     """QUIT politely (RFC 5321 4.1.1.10), then close whatever happened."""
     with contextlib.suppress(Exception):
         if smtp.is_connected:
-            await asyncio.wait_for(smtp.quit(), timeout)
+            async with asyncio.timeout(timeout):
+                await smtp.quit()
     smtp.close()
