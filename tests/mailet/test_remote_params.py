@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from kittiwake.config._errors import ConfigError
 from kittiwake.mailet.api import MailetError
+from kittiwake.mailet.remote import SelfCheck
 from kittiwake.tls import generate_self_signed
 from kw_dns import TestDns
 
+from .helpers import Harness, processors
 from .remote_helpers import (
     ALICE,
     Context,
@@ -244,3 +247,32 @@ def test_use_priority(tmp_path: Path, dns_server: TestDns) -> None:
         assert [m.rcpts[0].partition("@")[0] for m in dest.messages] == ["p2", "p3", "p1"]
     finally:
         dest.stop()
+
+
+def test_container_refuses_what_remote_delivery_cannot_honour(tmp_path: Path) -> None:
+    """In mailetcontainer.xml: the start stops with the element and the reason."""
+    with pytest.raises(ConfigError) as err:
+        Harness(
+            tmp_path,
+            processors("""<processor state="root">
+              <mailet match="All" class="RemoteDelivery">
+                <bounceProcessor>nowhere</bounceProcessor>
+                <onSuccess>elsewhere</onSuccess>
+              </mailet></processor>
+              <processor state="relay">
+              <mailet match="All" class="RemoteDelivery">
+                <mail.smtp.starttls.required>true</mail.smtp.starttls.required>
+              </mailet></processor>"""),
+        )
+    text = str(err.value)
+    assert "no processor 'nowhere'" in text and "no processor 'elsewhere'" in text
+    assert "<mail.smtp.starttls.required> is not a RemoteDelivery parameter" in text
+
+
+def test_gateway_that_is_myself_bounces(tmp_path: Path, dns_server: TestDns) -> None:
+    mailet = mailet_with(Context(tmp_path), gateway="127.0.0.1:2525")
+    mailet.service(make_mail("G1", ["carol@far.params.test"]))
+    enqueued = deliver(mailet, dns_server, myself=SelfCheck([("127.0.0.1", 2525)]))
+    ((dsn, _, rcpts, _, _),) = enqueued
+    assert rcpts == [ALICE]
+    assert b"Status: 5.4.6" in dsn and b"the gateway loops back to myself" in dsn
