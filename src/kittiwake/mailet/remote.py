@@ -47,13 +47,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import random
 import re
 import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -62,6 +60,13 @@ import aiosmtplib
 from kittiwake.delivery.dsn import DsnRecipient, build_dsn
 from kittiwake.dnsservice import DnsService, DnsTempError
 from kittiwake.mailet.api import GHOST, Mail, Mailet, MailetConfig, MailetError
+from kittiwake.mailet.remote_params import (
+    PARAMETERS,
+    bind_address,
+    positive_ms,
+    tcp_port,
+    tls_parameters,
+)
 from kittiwake.mailet.remote_pool import Connection, ConnectionPool
 from kittiwake.mailet.remote_route import (
     Route,
@@ -108,43 +113,6 @@ _RSET_TIMEOUT = 30.0
 #: the destination of every recipient when there are gateways
 GATEWAY = "gateway"
 
-#: James's parameters kittiwake honours, and kittiwake's own (docs/mailets.md)
-PARAMETERS = frozenset(
-    {
-        "outgoing",
-        "outgoingQueue",
-        "delayTime",
-        "maxRetries",
-        "maxDnsProblemRetries",
-        "timeout",
-        "connectiontimeout",
-        "deliveryThreads",
-        "sendpartial",
-        "bounceProcessor",
-        "onSuccess",
-        "gateway",
-        "gatewayPort",
-        "gatewayUsername",
-        "gatewayusername",
-        "gatewayPassword",
-        "loadBalancing",
-        "bind",
-        "heloName",
-        "startTLS",
-        "sslEnable",
-        "verifyServerIdentity",
-        "sslTrustAllCerts",
-        "usePriority",
-        "debug",
-        "mail.smtp.port",
-        # kittiwake's
-        "maxConnectionsPerDomain",
-        "maxMessagesPerConnection",
-        "connectionIdleTime",
-        "trustedCertificates",
-    }
-)
-
 
 class RemoteDelivery(Mailet):
     """James's RemoteDelivery (see the module docstring)."""
@@ -162,8 +130,8 @@ class RemoteDelivery(Mailet):
         # James: never fewer retries than the delayTime schedule has delays
         self.max_retries = max(config.get_int("maxRetries", 5), len(self.delays) if delay else 0)
         self.max_dns_retries = max(config.get_int("maxDnsProblemRetries", 0), 0)
-        self.timeout = _positive(config, "timeout", 180_000) / 1000.0
-        self.connect_timeout = _positive(config, "connectiontimeout", 60_000) / 1000.0
+        self.timeout = positive_ms(config, "timeout", 180_000) / 1000.0
+        self.connect_timeout = positive_ms(config, "connectiontimeout", 60_000) / 1000.0
         self.threads = max(config.get_int("deliveryThreads", 1), 1)
         self.send_partial = config.get_bool("sendpartial", False)
         self.bounce_processor = config.get("bounceProcessor") or ""
@@ -171,10 +139,10 @@ class RemoteDelivery(Mailet):
         self.load_balancing = config.get_bool("loadBalancing", True)
         self.use_priority = config.get_bool("usePriority", False)
         self.debug = config.get_bool("debug", False)
-        start_tls, implicit_tls, verify, trusted, tls_context = _tls(config)
+        start_tls, implicit_tls, verify, trusted, tls_context = tls_parameters(config)
         default_port = 465 if implicit_tls else 25  # RFC 8314 3.3: submissions
-        self.port = _port(config, "mail.smtp.port", default_port)
-        self.gateway_port = _port(config, "gatewayPort", default_port)
+        self.port = tcp_port(config, "mail.smtp.port", default_port)
+        self.gateway_port = tcp_port(config, "gatewayPort", default_port)
         self.gateways: list[tuple[str, int]] = []
         for item in re.split(r"[,\s]+", config.get("gateway") or ""):
             if not item:
@@ -205,7 +173,7 @@ class RemoteDelivery(Mailet):
             implicit_tls=implicit_tls,
             verify=verify,
             trusted=trusted,
-            bind=_bind(config),
+            bind=bind_address(config),
             send_partial=self.send_partial,
             tls_context=tls_context,
         )
@@ -586,65 +554,3 @@ class RemoteDelivery(Mailet):
 def _status(text: str) -> str:
     m = re.search(r"\b([245]\.\d{1,3}\.\d{1,3})\b", text)
     return m.group(1) if m else "5.0.0"
-
-
-def _tls(config: MailetConfig) -> tuple[bool, bool, bool, str | None, ssl.SSLContext]:
-    """startTLS, sslEnable, verifyServerIdentity, trustedCertificates and the TLS
-    context, checked together (fail closed)."""
-    start_tls = config.get_bool("startTLS", True)
-    implicit = config.get_bool("sslEnable", False)
-    verify = config.get_bool("verifyServerIdentity", False)
-    trust_all = config.get("sslTrustAllCerts")
-    trusted = config.get("trustedCertificates") or None
-    if verify and not (start_tls or implicit):
-        raise MailetError(
-            "<verifyServerIdentity> needs TLS: startTLS=false and sslEnable=false "
-            "leave nothing to verify"
-        )
-    if trust_all and trust_all.strip() and config.get_bool("sslTrustAllCerts", False) == verify:
-        # true with verification contradicts it; false without verification asks
-        # for a chain check without the host name, which kittiwake does not do
-        raise MailetError(
-            "<sslTrustAllCerts> must be the opposite of <verifyServerIdentity> "
-            "(kittiwake checks the chain and the host name together, or neither)"
-        )
-    if trusted and not verify:
-        raise MailetError("<trustedCertificates> is only used with verifyServerIdentity")
-    try:
-        ctx = ClientSettings.make_tls_context(verify, trusted)
-    except (OSError, ssl.SSLError) as exc:
-        raise MailetError(f"<trustedCertificates>: cannot load {trusted}: {exc}") from None
-    return start_tls, implicit, verify, trusted, ctx
-
-
-def _positive(config: MailetConfig, name: str, default: int) -> int:
-    value = config.get_int(name, default)
-    if value <= 0:
-        raise MailetError(f"<{name}> must be a positive number of milliseconds")
-    return value
-
-
-def _port(config: MailetConfig, name: str, default: int) -> int:
-    value = config.get_int(name, default)
-    if not 0 < value < 65536:
-        raise MailetError(f"<{name}>: {value} is not a TCP port")
-    return value
-
-
-def _bind(config: MailetConfig) -> str | None:
-    """James's ``bind``: the source address of outgoing connections, checked now (an
-    address this machine does not have would fail every delivery)."""
-    text = (config.get("bind") or "").strip().strip("[]")
-    if not text:
-        return None
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        raise MailetError(f"<bind>: {text!r} is not an IP address") from None
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((str(ip), 0))
-    except OSError as exc:
-        raise MailetError(f"<bind>: cannot use {ip} as a source address: {exc}") from None
-    return str(ip)
