@@ -138,3 +138,18 @@ def test_backup_mx_drops_itself_and_worse_preferences(dns_server: TestDns) -> No
     assert route.reason == "5.4.6 mail for best.self.test loops back to myself"
     # without knowing itself (no listeners given) nothing is dropped
     assert len(route_of(s, "best.self.test", 2525).hosts) == 2
+
+
+def test_open_connection_first_only_among_equal_preferences(dns_server: TestDns) -> None:
+    dns_server.add("reuse.route.test", "MX", "10 a.reuse.route.test", "10 b.reuse.route.test")
+    dns_server.add("reuse.route.test", "MX", "20 c.reuse.route.test")
+    for name, ip in (("a", "192.0.2.81"), ("b", "192.0.2.82"), ("c", "192.0.2.83")):
+        dns_server.add(f"{name}.reuse.route.test", "A", ip)
+    s = service(dns_server)
+    for _ in range(10):
+        route = route_of(s, "reuse.route.test")
+        assert route.preferences == (10, 10, 20)
+        # an open connection to b: b first (a is its equal)
+        assert [h[1] for h in route.ordered({("192.0.2.82", 25)})][:1] == ["192.0.2.82"]
+        # one to the backup c: c stays after the better ones
+        assert [h[1] for h in route.ordered({("192.0.2.83", 25)})][2] == "192.0.2.83"

@@ -354,7 +354,8 @@ class RemoteDelivery(Mailet):
             if self.load_balancing:
                 random.shuffle(gateways)
             mine = False
-            for host, port in gateways:
+            prefs: list[int] = []
+            for rank, (host, port) in enumerate(gateways):
                 if self.myself.name(host):
                     mine = True
                     continue
@@ -368,8 +369,10 @@ class RemoteDelivery(Mailet):
                         mine = True
                     else:
                         hosts.append((host, a, port))
+                        # in turn without loadBalancing (failover), else all equal
+                        prefs.append(0 if self.load_balancing else rank)
             if hosts:
-                return Route(tuple(hosts))
+                return Route(tuple(hosts), preferences=tuple(prefs))
             if mine:
                 return Route(failure="permanent", reason="5.4.6 the gateway loops back to myself")
             return Route(failure="temporary", reason="4.4.3 no address for the gateways")
@@ -386,11 +389,8 @@ class RemoteDelivery(Mailet):
         self, mail: Mail, data: bytes, rcpts: list[str], dest: str, route: Route, result: Result
     ) -> None:
         last = "4.4.1 no host answered"
-        hosts = list(route.hosts)
-        idle = self.pool.idle_hosts(dest)
-        if idle:  # a connection kept open from the last mail goes first (stable sort)
-            hosts.sort(key=lambda h: (h[1], h[2]) not in idle)
-        for name, address, port in hosts:
+        # a connection kept open from the last mail goes first among equals
+        for name, address, port in route.ordered(self.pool.idle_hosts(dest)):
             outcome = await self._on_host(mail, data, rcpts, dest, name, address, port)
             if isinstance(outcome, str):
                 last = outcome

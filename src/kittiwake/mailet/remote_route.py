@@ -94,6 +94,19 @@ class Route:
     #: no route: "temporary" (try again later) or "permanent" (bounce)
     failure: str = ""
     reason: str = ""
+    #: each host's MX preference (same order as hosts; empty: all equal)
+    preferences: tuple[int, ...] = ()
+
+    def ordered(self, first: set[tuple[str, int]]) -> list[tuple[str, str, int]]:
+        """The hosts, those whose (address, port) is in ``first`` (a connection is
+        open to them) first among hosts of equal preference: RFC 5321 5.1 leaves the
+        order among equals to the client."""
+        prefs = self.preferences or (0,) * len(self.hosts)
+        order = sorted(
+            range(len(self.hosts)),
+            key=lambda i: (prefs[i], (self.hosts[i][1], self.hosts[i][2]) not in first),
+        )
+        return [self.hosts[i] for i in order]
 
 
 class SelfCheck:
@@ -206,9 +219,11 @@ async def resolve_route(
                 found.append((pref, name, addr))
     limit = min(mine) if mine else None
     # RFC 5321 5.1: discard ourselves and every host of equal or larger preference
-    hosts = tuple((n, a, port) for p, n, a in found if limit is None or p < limit)
-    if hosts:
-        return Route(hosts)
+    kept = [(p, n, a) for p, n, a in found if limit is None or p < limit]
+    if kept:
+        return Route(
+            tuple((n, a, port) for _, n, a in kept), preferences=tuple(p for p, _, _ in kept)
+        )
     if any(limit is None or p < limit for p in temp):
         return Route(failure="temporary", reason=f"4.4.3 no address for the hosts of {domain}")
     if mine:
