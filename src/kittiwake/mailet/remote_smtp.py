@@ -168,12 +168,18 @@ async def open_connection(
                 except aiosmtplib.SMTPHeloError:
                     await smtp.helo()
             return smtp
+        except asyncio.CancelledError:
+            smtp.close()
+            sock.close()
+            raise
         except aiosmtplib.SMTPResponseException as exc:
             smtp.close()
+            sock.close()  # harmless if the transport closed it already
             # a 4xx/5xx greeting, EHLO or AUTH: this host will not take it now
             return enhanced(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             smtp.close()
+            sock.close()
             tls_error = isinstance(exc, ssl.SSLError) or "tls" in str(exc).lower()
             cause = exc.__cause__ if exc.__cause__ is not None else exc
             if isinstance(cause, ssl.SSLCertVerificationError) or (
