@@ -153,7 +153,7 @@ def compile_container(
                     target not in states
                 ):
                     problems.append(Problem(FILE, s.path, f"no processor {target!r}"))
-            for key in ("processor", "errorProcessor"):
+            for key in ("processor", "errorProcessor", "bounceProcessor", "onSuccess"):
                 goto = dict(s.params).get(key)
                 if goto and goto not in states and goto != "ghost":
                     problems.append(Problem(FILE, f"{s.path}/<{key}>", f"no processor {goto!r}"))

@@ -6,197 +6,112 @@ Theory of operation
 network: it stores the mail durably in the ``outgoing`` repository
 (``DATA/repositories/outgoing``) and finishes it, so the spool entry goes. Beside each
 stored mail a ``<key>.retry`` file holds the attempt count and the time of the next
-attempt (no file: attempt now).
+attempt (no file: attempt now); the files and their format are listed in
+:mod:`kittiwake.mailet.remote_store`.
 
 :meth:`RemoteDelivery.start` (called by the server in each process, with its
-:class:`~kittiwake.dnsservice.DnsService` and a function that puts a new mail in the
-spool) starts an asyncio task that sweeps the repository (woken at once by
-``service``, otherwise every second) and delivers the due mails, ``deliveryThreads``
-at a time. A mail being delivered is locked (``flock`` on ``<key>.lock``), so worker
-processes sharing DATA never send it twice at once.
+:class:`~kittiwake.dnsservice.DnsService`, a function that puts a new mail in the spool
+and kittiwake's own names and listening addresses) starts an asyncio task that sweeps
+the repository (woken at once by ``service``, otherwise every second) and delivers the
+due mails, ``deliveryThreads`` at a time (highest James ``MAIL_PRIORITY`` first with
+``usePriority``). A mail being delivered is locked (``flock`` on ``<key>.lock``), so
+worker processes sharing DATA never send it twice at once.
 
-One attempt: the recipients are grouped by domain; each domain's hosts are, in order,
-the gateways (``gateway``), or the MX hosts by preference (random among equals), or its
-A/AAAA addresses when it has no MX at all (RFC 5321 5.1), or the address of an IP
-literal. A temporary DNS failure defers (never a fall back to A); a null MX (RFC 7505)
-or a domain that does not exist fails at once (after ``maxDnsProblemRetries``). Hosts
-are tried in turn until one takes the transaction; STARTTLS is used whenever offered
-(opportunistic, RFC 7435: the certificate is not checked; a failed handshake is retried
-in clear). A 5xx reply fails the recipients it concerns; a 4xx, a timeout or a lost
-connection on every host defers them to the next attempt of the ``delayTime`` schedule.
+One attempt: the recipients are grouped by destination (their domain; with ``gateway``,
+all of them in one transaction); each destination's hosts are, in order, the gateways,
+or the MX hosts by preference (random among equals), or its A/AAAA addresses when it
+has no MX at all (RFC 5321 5.1), or the address of an IP literal
+(:mod:`~kittiwake.mailet.remote_route`). Kittiwake itself is never a host: an MX that
+points back at it is a configuration error that bounces with ``5.4.6 mail for DOMAIN
+loops back to myself``. A temporary DNS failure defers (never a fall back to A); a null
+MX (RFC 7505) or a domain that does not exist fails at once (after
+``maxDnsProblemRetries``). Hosts are tried in turn until one takes the transaction
+(:mod:`~kittiwake.mailet.remote_smtp`: TLS, ``bind``, SIZE, SMTPUTF8, 8BITMIME), over
+a connection of the pool (:mod:`~kittiwake.mailet.remote_pool`): at most
+``maxConnectionsPerDomain`` per destination, reused by the next mail to the same host.
+A 5xx reply fails the recipients it concerns; a 4xx, a timeout or a lost connection on
+every host defers them to the next attempt of the ``delayTime`` schedule.
 
 Failed recipients (5xx, or retries exhausted: James's ``maxRetries``) are reported to
 the sender: the mail goes into the spool to start in ``bounceProcessor`` (its error
 message is the reply), whose ``DSNBounce`` makes the DSN; without a bounce processor a
 DSN is built here (:func:`~kittiwake.delivery.dsn.build_dsn`). The null sender never
-gets one. Delivery is at least once: a crash between the remote server's 250 and the
-removal from the repository sends the mail again at the next start.
+gets one. Delivered recipients go on, with ``onSuccess``, into the spool to start in
+that processor. Delivery is at least once: a crash between the remote server's 250 and
+the removal from the repository sends the mail again at the next start.
+
+Every parameter given must be one kittiwake honours: any other stops the start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import ipaddress
-import json
 import logging
 import os
 import random
 import re
 import socket
-import ssl
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import aiosmtplib
 
 from kittiwake.delivery.dsn import DsnRecipient, build_dsn
 from kittiwake.dnsservice import DnsService, DnsTempError
 from kittiwake.mailet.api import GHOST, Mail, Mailet, MailetConfig, MailetError
+from kittiwake.mailet.remote_params import (
+    PARAMETERS,
+    bind_address,
+    positive_ms,
+    tcp_port,
+    tls_parameters,
+)
+from kittiwake.mailet.remote_pool import Connection, ConnectionPool
+from kittiwake.mailet.remote_route import (
+    Route,
+    SelfCheck,
+    ip_literal,
+    parse_delay_time,
+    resolve_route,
+)
+from kittiwake.mailet.remote_smtp import ClientSettings, Result, open_connection, transaction
+from kittiwake.mailet.remote_store import (
+    CONNECTIONS_FILE,
+    lock_mail,
+    priority_of,
+    read_retry,
+    remove_mail,
+    write_retry,
+)
 from kittiwake.mailet.repository import MailRepository
 
-__all__ = ["Enqueue", "RemoteDelivery", "Route", "parse_delay_time", "resolve_route"]
+__all__ = [
+    "Enqueue",
+    "RemoteDelivery",
+    "Route",
+    "SelfCheck",
+    "parse_delay_time",
+    "resolve_route",
+]
 
 log = logging.getLogger("kittiwake.remote")
+
+# the names these helpers had when they lived here (``kittiwake queue`` may use them)
+_read_retry = read_retry
+_write_retry = write_retry
+_remove = remove_mail
+_lock = lock_mail
 
 #: (message, sender, recipients, state, error) -> queue ID: puts a mail in the spool
 Enqueue = Callable[[bytes, str, Sequence[str], str, str], Awaitable[str]]
 
-_UNITS = {
-    "": 1,
-    "ms": 1,
-    "msec": 1,
-    "msecs": 1,
-    "s": 1000,
-    "sec": 1000,
-    "secs": 1000,
-    "second": 1000,
-    "seconds": 1000,
-    "m": 60_000,
-    "min": 60_000,
-    "mins": 60_000,
-    "minute": 60_000,
-    "minutes": 60_000,
-    "h": 3_600_000,
-    "hour": 3_600_000,
-    "hours": 3_600_000,
-    "d": 86_400_000,
-    "day": 86_400_000,
-    "days": 86_400_000,
-}
-_DELAY = re.compile(r"^\s*(?:(\d+)\s*\*)?\s*(\d+)\s*([a-zA-Z]*)\s*$")
-_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 #: seconds between sweeps of the outgoing repository when nothing wakes the task
 _SWEEP = 1.0
-
-
-def parse_delay_time(text: str) -> list[float]:
-    """James's ``delayTime``: ``"5000, 100000"`` or ``"4*15 minute, 2*1 hour"`` -> the
-    delays in seconds, one per retry.
-
-    Raises:
-        MailetError: a part that is not ``[attempts*]delay [unit]``.
-    """
-    out: list[float] = []
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        m = _DELAY.match(part)
-        unit = m.group(3).lower() if m else ""
-        if m is None or unit not in _UNITS:
-            raise MailetError(f"<delayTime>: {part.strip()!r} is not [attempts*]delay [unit]")
-        attempts = int(m.group(1)) if m.group(1) else 1
-        out.extend([int(m.group(2)) * _UNITS[unit] / 1000.0] * attempts)
-    if not out:
-        raise MailetError("<delayTime> is empty")
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a domain's mail goes: hosts in order, or why not."""
-
-    #: (name for logs and TLS, address, port) to try in order
-    hosts: tuple[tuple[str, str, int], ...] = ()
-    #: no route: "temporary" (try again later) or "permanent" (bounce)
-    failure: str = ""
-    reason: str = ""
-
-
-def _ip_literal(domain: str) -> str | None:
-    if not (domain.startswith("[") and domain.endswith("]")):
-        return None
-    inner = domain[1:-1]
-    if inner.lower().startswith("ipv6:"):
-        inner = inner[5:]
-    try:
-        return str(ipaddress.ip_address(inner))
-    except ValueError:
-        return None
-
-
-async def resolve_route(dns: DnsService, domain: str, port: int = 25) -> Route:
-    """The hosts for ``domain`` per RFC 5321 section 5."""
-    literal = _ip_literal(domain)
-    if literal is not None:
-        return Route(((literal, literal, port),))
-    if domain.startswith("["):
-        return Route(failure="permanent", reason=f"5.1.2 bad address literal {domain}")
-    try:
-        mxs = await dns.mx(domain)
-    except DnsTempError as exc:
-        return Route(failure="temporary", reason=f"4.4.3 DNS lookup failed: {exc}")
-    if any(name in ("", ".", "@") for _, name in mxs):
-        return Route(failure="permanent", reason=f"5.1.10 {domain} accepts no mail (null MX)")
-    names: list[str] = []
-    if mxs:
-        by_pref: dict[int, list[str]] = {}
-        for pref, name in mxs:
-            by_pref.setdefault(pref, []).append(name)
-        for pref in sorted(by_pref):
-            group = by_pref[pref]
-            random.shuffle(group)
-            names.extend(group)
-    else:
-        names = [domain]  # the implicit MX (RFC 5321 5.1)
-    hosts: list[tuple[str, str, int]] = []
-    temp = 0
-    for name in names:
-        try:
-            addresses = await dns.addresses(name)
-        except DnsTempError:
-            temp += 1
-            continue
-        hosts.extend((name, addr, port) for addr in addresses)
-    if hosts:
-        return Route(tuple(hosts))
-    if temp:
-        return Route(failure="temporary", reason=f"4.4.3 no address for the hosts of {domain}")
-    if mxs:
-        return Route(failure="permanent", reason=f"5.4.4 the MX hosts of {domain} have no address")
-    return Route(failure="permanent", reason=f"5.1.2 no mail host for {domain}")
-
-
-@dataclass
-class _Result:
-    """What one attempt did to each recipient: None = delivered."""
-
-    delivered: list[str] = field(default_factory=list)
-    #: recipient -> (reply text, permanent)
-    failed: dict[str, tuple[str, bool]] = field(default_factory=dict)
-    remote: dict[str, str] = field(default_factory=dict)
-
-
-def _enhanced(code: int, text: str) -> str:
-    m = _STATUS.match(text.strip())
-    if m and m.group(1) == str(code)[0]:
-        return f"{code} {text.strip()}"
-    klass = "5" if code >= 500 else "4"
-    return f"{code} {klass}.0.0 {text.strip()}"
+#: seconds a reused connection may take to answer RSET before it is given up
+_RSET_TIMEOUT = 30.0
+#: the destination of every recipient when there are gateways
+GATEWAY = "gateway"
 
 
 class RemoteDelivery(Mailet):
@@ -204,22 +119,30 @@ class RemoteDelivery(Mailet):
 
     def init(self, config: MailetConfig) -> None:
         super().init(config)
+        unknown = sorted(set(config.params) - PARAMETERS)
+        if unknown:
+            # fail closed: a James parameter (or JavaMail property) kittiwake would
+            # silently ignore could be a security setting
+            raise MailetError(f"<{unknown[0]}> is not a RemoteDelivery parameter kittiwake honours")
         self.outgoing = config.get("outgoing") or config.get("outgoingQueue") or "outgoing"
         delay = config.get("delayTime")
         self.delays = parse_delay_time(delay) if delay else [6 * 3600.0]
         # James: never fewer retries than the delayTime schedule has delays
         self.max_retries = max(config.get_int("maxRetries", 5), len(self.delays) if delay else 0)
         self.max_dns_retries = max(config.get_int("maxDnsProblemRetries", 0), 0)
-        self.timeout = config.get_int("timeout", 180_000) / 1000.0
-        self.connect_timeout = config.get_int("connectiontimeout", 60_000) / 1000.0
+        self.timeout = positive_ms(config, "timeout", 180_000) / 1000.0
+        self.connect_timeout = positive_ms(config, "connectiontimeout", 60_000) / 1000.0
         self.threads = max(config.get_int("deliveryThreads", 1), 1)
         self.send_partial = config.get_bool("sendpartial", False)
         self.bounce_processor = config.get("bounceProcessor") or ""
-        self.start_tls = config.get_bool("startTLS", True)
+        self.on_success = config.get("onSuccess") or ""
         self.load_balancing = config.get_bool("loadBalancing", True)
-        port_text = config.get("mail.smtp.port")
-        self.port = int(port_text) if port_text and port_text.isdigit() else 25
-        self.gateway_port = config.get_int("gatewayPort", 25)
+        self.use_priority = config.get_bool("usePriority", False)
+        self.debug = config.get_bool("debug", False)
+        start_tls, implicit_tls, verify, trusted, tls_context = tls_parameters(config)
+        default_port = 465 if implicit_tls else 25  # RFC 8314 3.3: submissions
+        self.port = tcp_port(config, "mail.smtp.port", default_port)
+        self.gateway_port = tcp_port(config, "gatewayPort", default_port)
         self.gateways: list[tuple[str, int]] = []
         for item in re.split(r"[,\s]+", config.get("gateway") or ""):
             if not item:
@@ -231,19 +154,47 @@ class RemoteDelivery(Mailet):
                 self.gateways.append((item.strip("[]"), self.gateway_port))
         self.gateway_user = config.get("gatewayUsername") or config.get("gatewayusername")
         self.gateway_password = config.get("gatewayPassword") or ""
-        helo = config.get("heloName") or config.context.hostname
-        if not helo or helo.lower() in ("localhost", "localhost.localdomain"):
-            helo = socket.getfqdn()
+        helo = config.get("heloName") or ""
+        if not helo:
+            # kittiwake's default (James: the default domain): the server's own name,
+            # fully qualified as RFC 5321 4.1.1.1 asks of an EHLO name
+            helo = config.context.hostname or ""
+            if not helo or helo.lower() in ("localhost", "localhost.localdomain"):
+                helo = socket.getfqdn()
+            elif "." not in helo:
+                fqdn = socket.getfqdn(helo)
+                helo = fqdn if "." in fqdn else helo
         self.helo = helo
-        for unused in ("debug", "usePriority", "bind", "sslEnable", "onSuccess"):
-            config.get(unused)
+        self.client = ClientSettings(
+            helo=helo,
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            start_tls=start_tls,
+            implicit_tls=implicit_tls,
+            verify=verify,
+            trusted=trusted,
+            bind=bind_address(config),
+            send_partial=self.send_partial,
+            tls_context=tls_context,
+        )
+        # kittiwake's: connections per destination, and how long they are kept
+        self.max_connections = config.get_int("maxConnectionsPerDomain", 10)
+        if not 1 <= self.max_connections <= 1000:
+            raise MailetError("<maxConnectionsPerDomain> must be between 1 and 1000")
+        self.max_messages = config.get_int("maxMessagesPerConnection", 100)
+        if self.max_messages < 0:
+            raise MailetError("<maxMessagesPerConnection> must be 0 (no limit) or more")
+        self.idle_time = config.get_int("connectionIdleTime", 5000) / 1000.0
+        if self.idle_time < 0:
+            raise MailetError("<connectionIdleTime> must be 0 (no reuse) or more")
+        self.pool = ConnectionPool(self.max_connections, self.max_messages, self.idle_time)
+        self.myself = SelfCheck(names=[helo])
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._dns: DnsService | None = None
         self._enqueue: Enqueue | None = None
         self._busy: set[str] = set()
-        self._guard = threading.Lock()
 
     @property
     def repo(self) -> MailRepository:
@@ -264,20 +215,36 @@ class RemoteDelivery(Mailet):
 
     # -- the delivery task -------------------------------------------------------
 
-    def start(self, dns: DnsService, enqueue: Enqueue) -> None:
-        """Start delivering (in the running event loop)."""
+    def start(self, dns: DnsService, enqueue: Enqueue, myself: SelfCheck | None = None) -> None:
+        """Start delivering (in the running event loop).
+
+        Args:
+            myself: kittiwake's listening addresses and names (never a destination);
+                default: only the EHLO name.
+        """
         self._dns = dns
         self._enqueue = enqueue
+        if myself is not None:
+            self.myself = SelfCheck(
+                [(str(h), p) for h, p in myself.binds if h is not None],
+                [*myself.names, self.helo],
+            )
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self.pool.lock_file = self.repo.path / CONNECTIONS_FILE
+        self.pool.start()
         self._task = asyncio.create_task(self._sweeper(), name="remote-delivery")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            while not task.done():  # a cancellation swallowed by a library: again
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                task.result()
             self._task = None
+            await self.pool.stop()
 
     async def _sweeper(self) -> None:
         assert self._wake is not None
@@ -299,8 +266,11 @@ class RemoteDelivery(Mailet):
                     task = asyncio.create_task(self._attempt_guarded(key, sem))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                # cancellation that comes as the event is set, and stop() would hang
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+                    async with asyncio.timeout(max(wait, 0.01)):
+                        await self._wake.wait()
         finally:
             for task in tasks:
                 task.cancel()
@@ -315,11 +285,13 @@ class RemoteDelivery(Mailet):
         wait = _SWEEP
         keys = repo.keys()
         for key in keys:
-            when = float(_read_retry(repo, key).get("next", 0.0))
+            when = float(read_retry(repo, key).get("next", 0.0))
             if when <= now:
                 out.append(key)
             else:
                 wait = min(wait, when - now)
+        if self.use_priority:  # James: higher MAIL_PRIORITY first (stable: else by key)
+            out.sort(key=lambda k: -priority_of(repo, k))
         return out, wait
 
     async def _attempt_guarded(self, key: str, sem: asyncio.Semaphore) -> None:
@@ -337,7 +309,7 @@ class RemoteDelivery(Mailet):
 
     async def _attempt(self, key: str) -> None:
         repo = self.repo
-        lock = await asyncio.to_thread(_lock, repo, key)
+        lock = await asyncio.to_thread(lock_mail, repo, key)
         if lock is None:
             return  # another process has it
         try:
@@ -347,7 +319,7 @@ class RemoteDelivery(Mailet):
                 with contextlib.suppress(FileNotFoundError):
                     (repo.path / f"{key}.lock").unlink()
                 return
-            retry = await asyncio.to_thread(_read_retry, repo, key)
+            retry = await asyncio.to_thread(read_retry, repo, key)
             if retry.get("next", 0.0) > time.time():
                 return
             attempts = int(retry.get("attempts", 0)) + 1
@@ -356,42 +328,55 @@ class RemoteDelivery(Mailet):
         finally:
             os.close(lock)
 
-    async def _deliver(self, mail: Mail, attempt: int) -> _Result:
-        result = _Result()
+    async def _deliver(self, mail: Mail, attempt: int) -> Result:
+        result = Result()
         groups: dict[str, list[str]] = {}
         for rcpt in mail.recipients:
-            domain = rcpt.rpartition("@")[2].lower()
-            groups.setdefault(domain, []).append(rcpt)
+            dest = GATEWAY if self.gateways else rcpt.rpartition("@")[2].lower()
+            groups.setdefault(dest, []).append(rcpt)
         data = mail.message.as_bytes()
-        for domain, rcpts in groups.items():
-            route = await self._route(domain, attempt)
+        for dest, rcpts in groups.items():
+            route = await self._route(dest, attempt)
             if route.failure:
                 permanent = route.failure == "permanent"
                 for r in rcpts:
                     result.failed[r] = (route.reason, permanent)
-                log.info("%s: %s: %s", mail.name, domain, route.reason)
+                log.info("%s: %s: %s", mail.name, dest, route.reason)
                 continue
-            await self._send(mail, data, rcpts, route, result)
+            await self._send(mail, data, rcpts, dest, route, result)
         return result
 
-    async def _route(self, domain: str, attempt: int) -> Route:
+    async def _route(self, dest: str, attempt: int) -> Route:
         assert self._dns is not None
-        if self.gateways:
+        if dest == GATEWAY:
             hosts: list[tuple[str, str, int]] = []
             gateways = list(self.gateways)
             if self.load_balancing:
                 random.shuffle(gateways)
-            for host, port in gateways:
-                literal = _ip_literal(f"[{host}]")
-                if literal is not None:
-                    hosts.append((host, literal, port))
+            mine = False
+            prefs: list[int] = []
+            for rank, (host, port) in enumerate(gateways):
+                if self.myself.name(host):
+                    mine = True
                     continue
-                with contextlib.suppress(DnsTempError):
-                    hosts.extend((host, a, port) for a in await self._dns.addresses(host))
+                literal = ip_literal(f"[{host}]")
+                addresses = [literal] if literal is not None else []
+                if literal is None:
+                    with contextlib.suppress(DnsTempError):
+                        addresses = await self._dns.addresses(host)
+                for a in addresses:
+                    if self.myself.address(a, port):
+                        mine = True
+                    else:
+                        hosts.append((host, a, port))
+                        # in turn without loadBalancing (failover), else all equal
+                        prefs.append(0 if self.load_balancing else rank)
             if hosts:
-                return Route(tuple(hosts))
+                return Route(tuple(hosts), preferences=tuple(prefs))
+            if mine:
+                return Route(failure="permanent", reason="5.4.6 the gateway loops back to myself")
             return Route(failure="temporary", reason="4.4.3 no address for the gateways")
-        route = await resolve_route(self._dns, domain, self.port)
+        route = await resolve_route(self._dns, dest, self.port, self.myself)
         if (
             route.failure == "permanent"
             and route.reason.startswith("5.1.2 no mail host")
@@ -401,11 +386,12 @@ class RemoteDelivery(Mailet):
         return route
 
     async def _send(
-        self, mail: Mail, data: bytes, rcpts: list[str], route: Route, result: _Result
+        self, mail: Mail, data: bytes, rcpts: list[str], dest: str, route: Route, result: Result
     ) -> None:
         last = "4.4.1 no host answered"
-        for name, address, port in route.hosts:
-            outcome = await self._transaction(mail, data, rcpts, name, address, port)
+        # a connection kept open from the last mail goes first among equals
+        for name, address, port in route.ordered(self.pool.idle_hosts(dest)):
+            outcome = await self._on_host(mail, data, rcpts, dest, name, address, port)
             if isinstance(outcome, str):
                 last = outcome
                 log.info("%s: %s[%s]:%d: %s", mail.name, name, address, port, outcome)
@@ -420,102 +406,67 @@ class RemoteDelivery(Mailet):
         for r in rcpts:
             result.failed[r] = (last, False)
 
-    async def _transaction(
-        self, mail: Mail, data: bytes, rcpts: list[str], name: str, address: str, port: int
-    ) -> _Result | str:
-        """One SMTP transaction; a string: this host failed temporarily, try the next."""
-        tls: list[bool | None] = [None, False] if self.start_tls else [False]
-        smtp: aiosmtplib.SMTP | None = None
-        for mode in tls:
-            smtp = aiosmtplib.SMTP(
-                hostname=address,
-                port=port,
-                local_hostname=self.helo,
-                timeout=self.timeout,
-                start_tls=mode,
-                validate_certs=False,
-                username=self.gateway_user if self.gateways else None,
-                password=self.gateway_password if self.gateways and self.gateway_user else None,
-            )
-            try:
-                await smtp.connect(timeout=self.connect_timeout)
-                break
-            except aiosmtplib.SMTPResponseException as exc:
-                # a 4xx/5xx greeting, EHLO or AUTH: this host will not take it now
-                return _enhanced(exc.code, exc.message)
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                smtp.close()
-                if mode is None and (isinstance(exc, ssl.SSLError) or "tls" in str(exc).lower()):
-                    log.info(
-                        "%s: STARTTLS with %s[%s] failed (%s); in clear",
-                        mail.name,
-                        name,
-                        address,
-                        exc,
-                    )
-                    smtp = None
+    async def _on_host(
+        self,
+        mail: Mail,
+        data: bytes,
+        rcpts: list[str],
+        dest: str,
+        name: str,
+        address: str,
+        port: int,
+    ) -> Result | str:
+        """One transaction with one host, over a pooled connection; a string: this
+        host failed temporarily, try the next."""
+        where = f"{name}[{address}]:{port}"
+        level = logging.INFO if self.debug else logging.DEBUG
+        while True:
+            got = await self.pool.lease(dest, address, port)
+            if isinstance(got, Connection):
+                try:  # RFC 5321 4.1.1.5: a clean state, and proof it is still open
+                    await got.smtp.rset(timeout=min(self.timeout, _RSET_TIMEOUT))
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    log.log(level, "%s: kept connection to %s is gone: %s", mail.name, where, exc)
+                    self.pool.discard(got)
                     continue
-                return f"4.4.1 connection to {name}[{address}]:{port} failed: {exc}"
-        if smtp is None:
-            return f"4.7.5 TLS with {name}[{address}] failed"
-        result = _Result()
+                conn = got
+                log.log(
+                    level, "%s: reusing the connection to %s (%d)", mail.name, where, conn.messages
+                )
+                break
+            try:
+                smtp = await open_connection(
+                    self.client,
+                    name,
+                    address,
+                    port,
+                    self.gateway_user if dest == GATEWAY else None,
+                    self.gateway_password if dest == GATEWAY else None,
+                )
+            except BaseException:
+                self.pool.release(got)
+                raise
+            if isinstance(smtp, str):
+                self.pool.release(got)
+                return smtp
+            conn = self.pool.opened_with(smtp, got, address, port)
+            log.log(level, "%s: connected to %s (slot %d of %s)", mail.name, where, got.index, dest)
+            break
         try:
-            try:
-                await smtp.mail(mail.sender or "")
-            except aiosmtplib.SMTPResponseException as exc:
-                if exc.code >= 500:
-                    text = _enhanced(exc.code, exc.message)
-                    for r in rcpts:
-                        result.failed[r] = (text, True)
-                    return result
-                return _enhanced(exc.code, exc.message)
-            accepted: list[str] = []
-            for r in rcpts:
-                try:
-                    await smtp.rcpt(r)
-                    accepted.append(r)
-                except aiosmtplib.SMTPResponseException as exc:
-                    result.failed[r] = (_enhanced(exc.code, exc.message), exc.code >= 500)
-            if not accepted:
-                return result
-            if result.failed and not self.send_partial:
-                # James's sendpartial=false: no DATA; the refused ones fail as they
-                # were refused, the accepted ones are tried again later
-                await smtp.rset()
-                for r in accepted:
-                    result.failed[r] = ("4.5.3 other recipients were refused", False)
-                return result
-            try:
-                await smtp.data(data)
-            except aiosmtplib.SMTPResponseException as exc:
-                text = _enhanced(exc.code, exc.message)
-                for r in accepted:
-                    result.failed[r] = (text, exc.code >= 500)
-                return result
-            result.delivered.extend(accepted)
-            log.info(
-                "%s: delivered to %s via %s[%s]:%d",
-                mail.name,
-                ",".join(accepted),
-                name,
-                address,
-                port,
-            )
-            return result
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            for r in rcpts:
-                if r not in result.failed and r not in result.delivered:
-                    result.failed[r] = (f"4.4.2 {name}[{address}]: {exc}", False)
-            return result
-        finally:
-            with contextlib.suppress(Exception):
-                await smtp.quit()
-            smtp.close()
+            outcome, reusable = await transaction(conn.smtp, self.client, mail, data, rcpts, where)
+        except BaseException:
+            self.pool.discard(conn)
+            raise
+        if reusable:
+            self.pool.put_back(conn)
+        else:
+            self.pool.discard(conn)
+        return outcome
 
     # -- after an attempt ----------------------------------------------------------
 
     async def _settle(
-        self, repo: MailRepository, key: str, mail: Mail, result: _Result, attempts: int
+        self, repo: MailRepository, key: str, mail: Mail, result: Result, attempts: int
     ) -> None:
         exhausted = attempts > self.max_retries
         bounce: dict[str, str] = {}
@@ -532,6 +483,12 @@ class RemoteDelivery(Mailet):
                 later.append(rcpt)
         if bounce:
             await self._bounce(mail, bounce, result.remote)
+        if self.on_success and result.delivered:
+            # James's onSuccess: the delivered recipients go on in that processor
+            assert self._enqueue is not None
+            await self._enqueue(
+                mail.message.as_bytes(), mail.sender or "", result.delivered, self.on_success, ""
+            )
         if later:
             delay = self.delays[min(attempts - 1, len(self.delays) - 1)]
             nxt = time.time() + delay
@@ -557,14 +514,14 @@ class RemoteDelivery(Mailet):
                 if later != mail.recipients:
                     mail.recipients = later
                     new = repo.store(mail)
-                    _write_retry(repo, new, state)
-                    _remove(repo, key)
+                    write_retry(repo, new, state)
+                    remove_mail(repo, key)
                 else:
-                    _write_retry(repo, key, state)
+                    write_retry(repo, key, state)
 
             await asyncio.to_thread(keep)
         else:
-            await asyncio.to_thread(_remove, repo, key)
+            await asyncio.to_thread(remove_mail, repo, key)
 
     async def _bounce(self, mail: Mail, failed: dict[str, str], remote: dict[str, str]) -> None:
         log.warning(
@@ -604,36 +561,3 @@ class RemoteDelivery(Mailet):
 def _status(text: str) -> str:
     m = re.search(r"\b([245]\.\d{1,3}\.\d{1,3})\b", text)
     return m.group(1) if m else "5.0.0"
-
-
-def _read_retry(repo: MailRepository, key: str) -> dict[str, Any]:
-    try:
-        return dict(json.loads((repo.path / f"{key}.retry").read_bytes()))
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-def _write_retry(repo: MailRepository, key: str, state: dict[str, Any]) -> None:
-    path = repo.path / f"{key}.retry"
-    tmp = repo.path / f".{key}.retry.tmp"
-    tmp.write_bytes(json.dumps(state).encode())
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _remove(repo: MailRepository, key: str) -> None:
-    repo.remove(key)
-    for suffix in (".retry", ".lock"):
-        with contextlib.suppress(FileNotFoundError):
-            (repo.path / f"{key}{suffix}").unlink()
-
-
-def _lock(repo: MailRepository, key: str) -> int | None:
-    fd = os.open(repo.path / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd

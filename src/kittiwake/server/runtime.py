@@ -29,7 +29,7 @@ from kittiwake.dnsservice import DnsService
 from kittiwake.hooks.api import Services
 from kittiwake.hooks.loader import load_chains
 from kittiwake.mailet import mailet_deliverer
-from kittiwake.mailet.remote import RemoteDelivery
+from kittiwake.mailet.remote import RemoteDelivery, SelfCheck
 from kittiwake.queue._envelope import Envelope
 from kittiwake.queue.runner import SpoolRunner
 from kittiwake.queue.spool import Spool
@@ -156,8 +156,13 @@ class Server:
         self._remote = [
             m for m in self.mailets.container.mailets() if isinstance(m, RemoteDelivery)
         ]
+        # kittiwake itself is never a destination (an MX pointing back here: 5.4.6)
+        myself = SelfCheck(
+            [(b.host, b.port) for c in self.config.listeners if c.enabled for b in c.binds],
+            [c.hello_name for c in self.config.listeners],
+        )
         for mailet in self._remote:
-            mailet.start(self.dns, self._enqueue)
+            mailet.start(self.dns, self._enqueue, myself)
         loop = asyncio.get_running_loop()
         for cfg in self.config.listeners:
             services = Services(

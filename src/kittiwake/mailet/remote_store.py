@@ -1,0 +1,80 @@
+"""RemoteDelivery's files beside the mails of its ``outgoing`` repository.
+
+The on-disk format (read by ``kittiwake queue`` too; keep it compatible):
+
+* ``<key>.eml`` / ``<key>.json``: the stored mail (:mod:`kittiwake.mailet.repository`).
+* ``<key>.retry``: JSON ``{"attempts": N, "next": UNIX_TIME}``; no file: never tried,
+  due now. Written to ``.<key>.retry.tmp``, fsynced, renamed.
+* ``<key>.lock``: held (``flock``, exclusive) by the process delivering the mail.
+* ``.connections``: an empty file whose byte-range locks (``fcntl`` record locks, one
+  byte per connection slot of a destination) count the connections each destination
+  has open across every worker process (``maxConnectionsPerDomain``). Nothing is
+  written in it; deleting it while no kittiwake runs is harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from typing import Any
+
+from kittiwake.mailet.repository import MailRepository
+
+__all__ = [
+    "CONNECTIONS_FILE",
+    "lock_mail",
+    "priority_of",
+    "read_retry",
+    "remove_mail",
+    "write_retry",
+]
+
+CONNECTIONS_FILE = ".connections"
+#: James's MailPrioritySupport: attribute name, and the priority of a mail without it
+_PRIORITY = "MAIL_PRIORITY"
+_NORMAL = 5
+
+
+def read_retry(repo: MailRepository, key: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads((repo.path / f"{key}.retry").read_bytes()))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def write_retry(repo: MailRepository, key: str, state: dict[str, Any]) -> None:
+    path = repo.path / f"{key}.retry"
+    tmp = repo.path / f".{key}.retry.tmp"
+    tmp.write_bytes(json.dumps(state).encode())
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def remove_mail(repo: MailRepository, key: str) -> None:
+    repo.remove(key)
+    for suffix in (".retry", ".lock"):
+        with contextlib.suppress(FileNotFoundError):
+            (repo.path / f"{key}{suffix}").unlink()
+
+
+def lock_mail(repo: MailRepository, key: str) -> int | None:
+    """An exclusive ``flock`` on ``<key>.lock`` (the fd to close), None if taken."""
+    fd = os.open(repo.path / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def priority_of(repo: MailRepository, key: str) -> int:
+    """James's ``MAIL_PRIORITY`` attribute of a stored mail (1 low .. 9 high; 5 without)."""
+    try:
+        meta = json.loads((repo.path / f"{key}.json").read_bytes())
+        return int(meta.get("attributes", {}).get(_PRIORITY, _NORMAL))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return _NORMAL
