@@ -51,7 +51,9 @@ from kittiwake.delivery.base import DeliveryJob, Outcome, Status, Target
 from kittiwake.delivery.maildir import MaildirDeliverer
 from kittiwake.mailet.api import ERROR, GHOST, ROOT, Mail, Mailet, MessagingError
 from kittiwake.mailet.config import ContainerSpec
+from kittiwake.mailet.enqueue import Enqueuer, SpoolMail
 from kittiwake.mailet.loader import Step, compile_container
+from kittiwake.mailet.matchers import SENT_BY_MAILET
 from kittiwake.mailet.message import Message
 from kittiwake.mailet.repository import RepositoryStore
 from kittiwake.policy.rewrite import EMPTY_TABLE, RewriteTable
@@ -127,6 +129,8 @@ class ContainerContext:
         self._rewrite_table = rewrite_table
         self._current = threading.local()
         self.container: Container | None = None
+        #: spools the new mails of :meth:`enqueue` (None: no spool, processed at once)
+        self.enqueuer: Enqueuer | None = None
 
     # -- MailetContext ---------------------------------------------------------
 
@@ -172,6 +176,16 @@ class ContainerContext:
         mail.state = state
         assert self.container is not None
         self.container.run(mail, self)
+
+    def enqueue(self, mail: Mail, key: str) -> str:
+        run = self._run()
+        mail.attributes[SENT_BY_MAILET] = True
+        enqueuer = self.enqueuer
+        if enqueuer is None:
+            copy = mail.duplicate()
+            self.send_mail(copy, ROOT)
+            return copy.name
+        return enqueuer.enqueue(run.job, run.recovered, mail, key)
 
     def deliver_local(self, mail: Mail) -> None:
         self._run().local.append(mail)
@@ -324,13 +338,29 @@ class MailetDeliverer:
         self._attempted: set[str] = set()
         self._lock = threading.Lock()
 
+    def attach_spool(self, spool_root: Path, spool_mail: SpoolMail) -> None:
+        """Let mailets put new mails in the spool (``MailetContext.enqueue``); without
+        this they are processed at once, within the attempt that made them."""
+        self.context.enqueuer = Enqueuer(self.journal, spool_root, spool_mail)
+
     def close(self) -> None:
         for mailet in self.container.mailets():
             mailet.destroy()
 
     def deliver(self, jobs: Sequence[DeliveryJob]) -> list[list[Outcome]]:
         runs: list[_Run] = []
-        for job in jobs:
+        held: dict[int, list[Outcome]] = {}
+        enqueuer = self.context.enqueuer
+        for n, job in enumerate(jobs):
+            if enqueuer is not None and not enqueuer.may_process(job):
+                # a mailet's new mail whose parent may still run again (enqueue.py)
+                held[n] = [
+                    Outcome(
+                        t.index, t.recipient, Status.DEFERRED, "4.3.0", "", "held for its parent"
+                    )
+                    for t in job.targets
+                ]
+                continue
             with self._lock:
                 again = job.queue_id in self._attempted
                 self._attempted.add(job.queue_id)
@@ -338,12 +368,15 @@ class MailetDeliverer:
             runs.append(run)
             self._process(run)
         self._deliver_local(runs)
-        results = [self._outcomes(run) for run in runs]
+        done = iter([self._outcomes(run) for run in runs])
+        results = [held[n] if n in held else next(done) for n in range(len(jobs))]
         with self._lock:
             for job, outcomes in zip(jobs, results, strict=True):
                 if all(o.status is not Status.DEFERRED for o in outcomes):
                     self._attempted.discard(job.queue_id)
                     self._failures.pop(job.queue_id, None)
+                    if enqueuer is not None:
+                        enqueuer.finished(job.queue_id)
         return results
 
     # -- processing ------------------------------------------------------------
@@ -369,6 +402,8 @@ class MailetDeliverer:
             if state != ROOT:
                 mail.attributes["mailRepository-reprocessing"] = state
             mail.error_message = getattr(env, "error", "") or None
+            if env.parent:
+                mail.attributes[SENT_BY_MAILET] = True
         return mail
 
     def _process(self, run: _Run) -> None:

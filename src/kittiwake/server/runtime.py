@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -52,6 +53,8 @@ PID_FILE = "kittiwake.pid"
 log = logging.getLogger("kittiwake")
 
 GIL_SWITCH_INTERVAL = 0.0005  # seconds
+#: seconds a delivery thread waits for the event loop to spool a mailet's new mail
+_SPOOL_TIMEOUT = 120.0
 
 
 class Server:
@@ -144,6 +147,14 @@ class Server:
         for mailet in self._remote:
             mailet.start(self.dns, self._enqueue)
         loop = asyncio.get_running_loop()
+
+        def spool_mail(message: bytes, envelope: Envelope) -> str:
+            # a mailet's new mail (a forward's remote copy), from a delivery thread:
+            # the spool is the event loop's (queue IDs are allocated there)
+            future = asyncio.run_coroutine_threadsafe(self._spool(message, envelope), loop)
+            return future.result(timeout=_SPOOL_TIMEOUT)
+
+        self.mailets.attach_spool(self.spool.root, spool_mail)
         for cfg in self.config.listeners:
             services = Services(
                 cfg.name, cfg.hello_name, self.data_dir, self.dns, self.store, self.store
@@ -218,6 +229,15 @@ class Server:
         )
         await writer.commit(env)
         self.runner.wake()
+        return writer.queue_id
+
+    async def _spool(self, message: bytes, envelope: Envelope) -> str:
+        writer = self.spool.begin()
+        try:
+            writer.write(message)
+            await writer.commit(dataclasses.replace(envelope, queue_id=writer.queue_id))
+        finally:
+            writer.abort()  # does nothing once committed
         return writer.queue_id
 
     def _context(self, cfg: ListenerConfig) -> SessionContext:
