@@ -153,6 +153,27 @@ def test_propagate_fails_five_times_then_error_repository(tmp_path: Path) -> Non
     assert len(h.repo("error")) == 1
 
 
+def test_failure_count_survives_a_restart(tmp_path: Path) -> None:
+    """The count is on disk: 3 failures, a restart, 2 more: error repository."""
+    xml = processors("""<processor state="root">
+          <mailet match="All" class="mailet.test_container.Boom"
+            onMailetException="propagate"/></processor>""")
+    h = Harness(tmp_path, xml)
+    job = h.job(["alice@a.test"])
+    for _ in range(3):
+        (out,) = h.run(job)
+        assert out[0].status is Status.DEFERRED
+    h.deliverer.close()
+    h2 = Harness(tmp_path, xml)
+    again = dataclasses.replace(job, recovered=True)
+    (out,) = h2.run(again)
+    assert out[0].status is Status.DEFERRED
+    (out,) = h2.run(again)
+    assert out[0].status is Status.FAILED
+    assert len(h2.repo("error")) == 1
+    assert not list((tmp_path / "mailet" / "failures").iterdir())  # forgotten with the mail
+
+
 def test_ghost_and_null(tmp_path: Path) -> None:
     h = Harness(
         tmp_path,
@@ -192,7 +213,7 @@ def test_delivered_to_per_recipient(tmp_path: Path) -> None:
     h.run(h.job(["alice@a.test", "bob@a.test"]))
     assert h.mailbox("alice@a.test")[0].startswith(b"Delivered-To: alice@a.test\r\n")
     assert h.mailbox("bob@a.test")[0].startswith(b"Delivered-To: bob@a.test\r\n")
-    assert not list((tmp_path / "mailet").iterdir())  # the work files are gone
+    assert not [p for p in (tmp_path / "mailet").iterdir() if p.is_file()]  # work files gone
 
 
 def test_rerun_delivers_nothing_twice(tmp_path: Path) -> None:

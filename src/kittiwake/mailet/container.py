@@ -52,6 +52,7 @@ from kittiwake.delivery.maildir import MaildirDeliverer
 from kittiwake.mailet.api import ERROR, GHOST, ROOT, Mail, Mailet, MessagingError
 from kittiwake.mailet.config import ContainerSpec
 from kittiwake.mailet.enqueue import Enqueuer, SpoolMail
+from kittiwake.mailet.failures import FailureCounts
 from kittiwake.mailet.loader import Step, compile_container
 from kittiwake.mailet.matchers import SENT_BY_MAILET
 from kittiwake.mailet.message import Message
@@ -334,7 +335,7 @@ class MailetDeliverer:
         self.maildir = maildir
         self.journal = maildir.journal
         self.work_dir = work_dir
-        self._failures: dict[str, int] = {}
+        self.failures = FailureCounts(work_dir)
         self._attempted: set[str] = set()
         self._lock = threading.Lock()
 
@@ -346,6 +347,7 @@ class MailetDeliverer:
     def close(self) -> None:
         for mailet in self.container.mailets():
             mailet.destroy()
+        self.failures.close()
 
     def deliver(self, jobs: Sequence[DeliveryJob]) -> list[list[Outcome]]:
         runs: list[_Run] = []
@@ -364,9 +366,20 @@ class MailetDeliverer:
             with self._lock:
                 again = job.queue_id in self._attempted
                 self._attempted.add(job.queue_id)
-            run = _Run(job, job.envelope, job.recovered or again)
-            runs.append(run)
-            self._process(run)
+            runs.append(_Run(job, job.envelope, job.recovered or again))
+        failures = self.failures
+        for run in runs:
+            n = failures.count(run.job)
+            if n >= MAXIMUM_FAILURE_COUNT:
+                self._give_up(run, n, "the process died while processing it")
+                continue
+            # a death while this mail is in the container counts as its failure (not
+            # the other mails' of the batch: one poisonous mail must not take them along)
+            failures.begin(run.job)
+            try:
+                self._process(run)
+            finally:
+                failures.end(run.job)
         self._deliver_local(runs)
         done = iter([self._outcomes(run) for run in runs])
         results = [held[n] if n in held else next(done) for n in range(len(jobs))]
@@ -374,7 +387,7 @@ class MailetDeliverer:
             for job, outcomes in zip(jobs, results, strict=True):
                 if all(o.status is not Status.DEFERRED for o in outcomes):
                     self._attempted.discard(job.queue_id)
-                    self._failures.pop(job.queue_id, None)
+                    failures.clear(job.queue_id)
                     if enqueuer is not None:
                         enqueuer.finished(job.queue_id)
         return results
@@ -420,10 +433,9 @@ class MailetDeliverer:
 
     def _failed(self, run: _Run, mail: Mail, exc: Exception) -> None:
         qid = run.job.queue_id
-        with self._lock:
-            n = self._failures[qid] = self._failures.get(qid, 0) + 1
         run.outcomes.clear()
         run.local.clear()
+        n = self.failures.add(qid)
         if n < MAXIMUM_FAILURE_COUNT:
             log.warning("%s: processing failed (%d of %d): %s", qid, n, MAXIMUM_FAILURE_COUNT, exc)
             for t in run.job.targets:
@@ -431,9 +443,16 @@ class MailetDeliverer:
                     (Status.DEFERRED, "4.3.0", "", f"processing failed: {exc}")
                 ]
             return
+        self._give_up(run, n, str(exc))
+
+    def _give_up(self, run: _Run, n: int, reason: str) -> None:
+        """Store the mail as received in the spooler's error repository."""
+        qid = run.job.queue_id
+        run.outcomes.clear()
+        run.local.clear()
         fresh = self._mail(run)
         fresh.state = ERROR
-        fresh.error_message = f"processing failed {n} times: {exc}"
+        fresh.error_message = f"processing failed {n} times: {reason}"
         repo = self.context.repositories.get(self.container.error_repository)
         try:
             repo.store(fresh)

@@ -300,6 +300,7 @@ class Server:
         if self._direct is not None:
             await asyncio.to_thread(self._direct.close)  # deliveries under way finish
         await self.runner.stop()  # closes the spool it opened
+        self.mailets.close()
         self.journal.close()
         self.auth_failures.close()
         self.store.close()
