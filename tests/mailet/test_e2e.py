@@ -115,6 +115,39 @@ def test_sendmail_t_from_a_script(kw: Kittiwake) -> None:
     assert b"Received: by " in msg
 
 
+def test_default_flow_delivered_to_and_forwarding_loop(tmp_path: Path) -> None:
+    """James's default flow has AddDeliveredToHeader: one recipient, several, and a
+    message that already went through a recipient's mailbox (bounced, 5.4.6)."""
+    k = make_kittiwake(tmp_path, users=("alice@kittiwake.test", "bob@kittiwake.test"))
+    k.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", k.port, timeout=30) as s:
+            s.sendmail("carol@remote.test", ["alice@kittiwake.test"], "Subject: one\r\n\r\n1\r\n")
+            s.sendmail(
+                "carol@remote.test",
+                ["alice@kittiwake.test", "bob@kittiwake.test"],
+                "Subject: two\r\n\r\n2\r\n",
+            )
+            # null sender: no bounce leaves the machine
+            s.sendmail("<>", ["bob@kittiwake.test"], "Delivered-To: bob@kittiwake.test\r\n"
+                       "Subject: looped\r\n\r\n3\r\n")  # fmt: skip
+        one, two = k.wait_messages("alice@kittiwake.test", 2, timeout=30)
+        assert one.startswith(b"Delivered-To: alice@kittiwake.test\r\nReturn-Path: <carol@")
+        assert b"Subject: one" in one and one.count(b"Delivered-To") == 1
+        assert two.startswith(b"Delivered-To: alice@kittiwake.test\r\n")
+        (bob,) = k.wait_messages("bob@kittiwake.test", 1, timeout=30)
+        assert bob.startswith(b"Delivered-To: bob@kittiwake.test\r\n") and b"Subject: two" in bob
+        error = k.data / "repositories" / "error"
+        deadline = time.monotonic() + 30
+        while not (error.is_dir() and list(error.glob("*.json"))):
+            assert time.monotonic() < deadline, k.log_text()[-3000:]
+            time.sleep(0.05)
+        assert "mail forwarding loop for bob@kittiwake.test" in k.log_text()
+        assert len(k.messages("bob@kittiwake.test")) == 1
+    finally:
+        assert k.stop() == 0, k.log_text()[-3000:]
+
+
 CRASHER = """<?xml version="1.0"?>
 <mailetcontainer>
   <spooler><threads>2</threads><errorRepository>file://var/mail/error/</errorRepository></spooler>

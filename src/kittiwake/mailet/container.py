@@ -72,6 +72,10 @@ _STEP_BUDGET = 10_000
 _DERIVED_INDEX = 1 << 32
 
 
+#: group key -> (message file, size, targets, recipients): one delivery job each
+_Groups = dict[str, tuple[str, int, list[Target], list[str]]]
+
+
 def _stable_index(address: str) -> int:
     return _DERIVED_INDEX + zlib.crc32(address.lower().encode("utf-8", "surrogateescape"))
 
@@ -401,7 +405,9 @@ class MailetDeliverer:
             name=job.queue_id,
             sender=(env.sender or None) if env is not None else None,
             recipients=[t.recipient for t in targets],
-            message=Message(job.data_path, job.size),
+            message=Message(
+                job.data_path, job.size, delivered_to=env.delivered_to if env is not None else ""
+            ),
             received_at=job.received_at,
         )
         mail.origins = {t.recipient: t.index for t in targets}
@@ -477,25 +483,22 @@ class MailetDeliverer:
         try:
             for run in runs:
                 for mail in run.local:
-                    groups: dict[str, tuple[str, int, list[Target], list[str]]] = {}
+                    groups: _Groups = {}
+                    # two recipients with one mailbox get one copy (as Postfix), the
+                    # first one's, whatever per-recipient fields (Delivered-To) differ
+                    boxes: dict[str, str] = {}
                     for rcpt in mail.recipients:
-                        extra = mail.per_recipient_headers.get(rcpt)
-                        msg = mail.message
-                        if not msg.modified and not extra and msg.path is not None:
-                            key, path, size = "", msg.path, msg.size
-                        else:
-                            data = msg.as_bytes(extra)
-                            key = hashlib.sha1(data).hexdigest()[:16]
-                            path = os.path.join(self.work_dir, f"{mail.name}-{key}")
-                            if key not in groups:
-                                _write_durably(self.work_dir, path, data)
-                                temporary.append(path)
-                            size = len(data)
+                        box = mailbox_of(rcpt)
+                        key = boxes.get(box, "\0") if box is not None else "\0"
+                        if key == "\0":
+                            key, path, size = self._message_file(mail, rcpt, groups, temporary)
+                            if box is not None:
+                                boxes[box] = key
                         group = groups.setdefault(key, (path, size, [], []))
                         index = mail.origins.get(rcpt)
                         if index is None or mail.name != run.job.queue_id:
                             index = _stable_index(rcpt)
-                        group[2].append(Target(index, rcpt, mailbox_of(rcpt)))
+                        group[2].append(Target(index, rcpt, box))
                         group[3].append(rcpt)
                     for path, size, targets, rcpts in groups.values():
                         jobs.append(
@@ -519,6 +522,23 @@ class MailetDeliverer:
         for (run, mail, rcpts), outcomes in zip(where, results, strict=True):
             for rcpt, o in zip(rcpts, outcomes, strict=True):
                 run.record(mail, (rcpt,), (o.status, o.dsn, o.location, o.detail))
+
+    def _message_file(
+        self, mail: Mail, rcpt: str, groups: _Groups, temporary: list[str]
+    ) -> tuple[str, str, int]:
+        """The file ``rcpt``'s mailbox gets: (group key, path, size)."""
+        extra = mail.per_recipient_headers.get(rcpt)
+        msg = mail.message
+        if msg.linkable(extra):  # the spool file is these very bytes
+            assert msg.path is not None
+            return "", msg.path, msg.file_size
+        data = msg.as_bytes(extra)
+        key = hashlib.sha1(data).hexdigest()[:16]
+        path = os.path.join(self.work_dir, f"{mail.name}-{key}")
+        if key not in groups:
+            _write_durably(self.work_dir, path, data)
+            temporary.append(path)
+        return key, path, len(data)
 
     def _outcomes(self, run: _Run) -> list[Outcome]:
         out: list[Outcome] = []

@@ -100,11 +100,33 @@ class RemoveMimeHeader(Mailet):
 
 
 class AddDeliveredToHeader(Mailet):
-    """``Delivered-To: <recipient>`` in each recipient's copy (RFC 9228)."""
+    """``Delivered-To: <recipient>`` in each recipient's copy (RFC 9228).
+
+    Kittiwake's addition, as Postfix's local delivery does: a recipient the message
+    already names in a ``Delivered-To`` field has been here before (a forward that
+    came back), so it goes to ``loopProcessor`` (default ``error``, which bounces)
+    with "5.4.6 mail forwarding loop" instead of being delivered again."""
+
+    def init(self, config: MailetConfig) -> None:
+        super().init(config)
+        self.loop_processor = config.get("loopProcessor", "error") or "error"
 
     def service(self, mail: Mail) -> None:
+        seen = {_canon(v.strip().strip("<>")) for v in mail.message.get_all("Delivered-To")}
+        loops = [r for r in mail.recipients if _canon(r) in seen] if seen else []
+        if loops:
+            log.warning(
+                "%s: mail forwarding loop for %s (Delivered-To)", mail.name, ", ".join(loops)
+            )
+            bad = mail.duplicate()
+            bad.recipients = loops
+            bad.error_message = f"550 5.4.6 mail forwarding loop for {', '.join(loops)}"
+            self.context.send_mail(bad, self.loop_processor, derived=False)
+            mail.recipients = [r for r in mail.recipients if r not in loops]
         for rcpt in mail.recipients:
             mail.per_recipient_headers.setdefault(rcpt, []).insert(0, ("Delivered-To", rcpt))
+        if not mail.recipients:
+            mail.state = GHOST
 
 
 class PostmasterAlias(Mailet):

@@ -56,6 +56,11 @@ class Envelope:
     #: the mail being processed when it was made. It marks the mail SentByMailet and
     #: holds it back until that mail's record of it is durable (nothing twice).
     parent: str = ""
+    #: the data file starts with ``Delivered-To: <this>`` (added at reception for a
+    #: single-recipient mail when the mailet container adds Delivered-To, so that the
+    #: mailbox's copy is still a hard link of the spool file); the container hides it
+    #: from everything else
+    delivered_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,8 @@ def _optional(env: Envelope) -> dict[str, Any]:
         out["error"] = env.error
     if env.parent:
         out["parent"] = env.parent
+    if env.delivered_to:
+        out["dt"] = env.delivered_to
     return out
 
 
@@ -137,6 +144,7 @@ def decode_record(line: bytes) -> Envelope | None:
             state=str(obj.get("state", "")),
             error=str(obj.get("error", "")),
             parent=str(obj.get("parent", "")),
+            delivered_to=str(obj.get("dt", "")),
         )
     except (ValueError, KeyError, TypeError):
         return None

@@ -29,6 +29,7 @@ from kittiwake.dnsservice import DnsService
 from kittiwake.hooks.api import Services
 from kittiwake.hooks.loader import load_chains
 from kittiwake.mailet import mailet_deliverer
+from kittiwake.mailet.mailets import AddDeliveredToHeader
 from kittiwake.mailet.remote import RemoteDelivery
 from kittiwake.queue._envelope import Envelope
 from kittiwake.queue.runner import SpoolRunner
@@ -250,6 +251,9 @@ class Server:
             hooks=self.chains[cfg.name],
             auth_required=cfg.auth_required,
             access=self._access(cfg),
+            delivered_to=any(
+                isinstance(m, AddDeliveredToHeader) for m in self.mailets.container.mailets()
+            ),
         )
 
     def _access(self, cfg: ListenerConfig) -> Access | None:
