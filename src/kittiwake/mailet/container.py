@@ -17,9 +17,12 @@ reaches the end of a processor is ghosted, as in James, and logged.
 ``LocalDelivery`` does not write at once: every local delivery of the batch is handed
 to the :class:`~kittiwake.delivery.maildir.MaildirDeliverer` together at the end, so
 the batch still costs one fsync per touched ``new/`` and one journal fsync, and an
-unchanged message is still hard-linked from the spool file. A changed message (a
-header added or removed, a per-recipient ``Delivered-To``) is first written to
-``DATA/mailet/`` and linked from there.
+unchanged message is still hard-linked from the spool file. A single-recipient mail's
+spool file may start with that recipient's ``Delivered-To`` (written by the session;
+:class:`~.message.Message` hides it), and is then linked too when that is the only
+change. A changed message (a header added or removed, a per-recipient ``Delivered-To``)
+is first written to ``DATA/mailet/`` and linked from there; two recipients with one
+mailbox get one copy.
 
 Exactly one place
 -----------------
@@ -30,9 +33,11 @@ effect is idempotent, so a crash anywhere means the whole pipeline runs again fo
 is left, with no duplicate: Maildir names and journal keys, repository keys and the
 names of mails made by mailets (bounces: ``<queue id>-<hash>``) are functions of the
 mail, and a job that may have run before is delivered in the Maildir deliverer's careful
-mode. A mail whose processing raises out of the container five times (James's
-``MAXIMUM_FAILURE_COUNT``) is stored in the spooler's ``errorRepository`` instead of
-being retried for ever.
+mode. A new mail a mailet puts in the spool (a forward's remote copy) is made once
+(:mod:`.enqueue`). A mail whose processing fails five times (James's
+``MAXIMUM_FAILURE_COUNT``: raised out of the container, or the process died while it
+was in it; counted on disk, :mod:`.failures`) is stored in the spooler's
+``errorRepository`` instead of being retried for ever.
 """
 
 from __future__ import annotations
