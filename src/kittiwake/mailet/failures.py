@@ -65,6 +65,7 @@ class FailureCounts:
         self.path = self.inflight_dir / f"{stamp}-{os.getpid()}-{id(self):x}"
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._harvest()  # also removes the files of processes that died idle
 
     def close(self) -> None:
         """Remove the in-flight file (nothing is being processed any more)."""
