@@ -239,3 +239,28 @@ def test_deferred_mail_survives_a_restart(relay: Relay) -> None:
     _, rcpts, data = relay.sink.wait(rcpt)
     assert rcpts == [rcpt] and b"Subject: after restart\r\n" in data
     assert relay.kw.messages(ALICE) == []
+
+
+def test_forward_alias_from_an_anonymous_sender_is_relayed_once(relay: Relay) -> None:
+    """James's RecipientRewriteTable: a forward to another host leaves as a new mail
+    (SentByMailet) that RemoteDelivery sends, whoever sent the original; the local copy
+    stays; the relayed copy has the original envelope sender (no SRS) and none of the
+    local copy's Delivered-To."""
+    for target in (ALICE, f"carol@{REMOTE}"):
+        done = relay.kw.cli("alias", "add", "--type", "forward", ALICE, target)
+        assert done.returncode == 0, done.stderr
+    time.sleep(0.3)  # the server's store cache
+    with smtplib.SMTP("127.0.0.1", relay.kw.port, timeout=10) as client:  # no AUTH
+        client.sendmail("dave@sender-e2e.test", [ALICE], b"Subject: fwd\r\n\r\nhello\r\n")
+        # the client itself still cannot relay there
+        client.mail("dave@sender-e2e.test")
+        code, _ = client.rcpt(f"carol@{REMOTE}")
+        assert code == 530  # 5.7.0: AUTH is announced to this client (else 550 5.7.1)
+    sender, rcpts, data = relay.sink.wait(f"carol@{REMOTE}")
+    assert sender == "dave@sender-e2e.test" and rcpts == [f"carol@{REMOTE}"]
+    assert b"Subject: fwd" in data and b"Delivered-To" not in data
+    (local,) = relay.kw.wait_messages(ALICE, 1)
+    assert local.startswith(f"Delivered-To: {ALICE}\r\n".encode()) and b"Subject: fwd" in local
+    time.sleep(1.5)
+    assert [m for m in relay.sink.messages if f"carol@{REMOTE}" in m[1]] == [(sender, rcpts, data)]
+    assert "relay-denied" not in relay.kw.log_text()
