@@ -264,3 +264,35 @@ def test_forward_alias_from_an_anonymous_sender_is_relayed_once(relay: Relay) ->
     time.sleep(1.5)
     assert [m for m in relay.sink.messages if f"carol@{REMOTE}" in m[1]] == [(sender, rcpts, data)]
     assert "relay-denied" not in relay.kw.log_text()
+
+
+def test_forward_survives_a_crash_after_it_was_spooled(relay: Relay, tmp_path: Path) -> None:
+    """The process dies just after RecipientRewriteTable spooled the forward's copy:
+    after the restart the original does not make a second one; one copy is relayed,
+    one local copy delivered."""
+    for target in (ALICE, f"carol@{REMOTE}"):
+        assert relay.kw.cli("alias", "add", "--type", "forward", ALICE, target).returncode == 0
+    assert relay.kw.stop() == 0
+    xml = _mailetcontainer(relay.controller.port)
+    rrt = xml.index("</mailet>", xml.index('class="RecipientRewriteTable"')) + len("</mailet>")
+    crash = (
+        '<mailet match="All" class="mailet.crashers.ExitOnceOnSubject">'
+        f"<subject>fwd-crash</subject><marker>{tmp_path / 'crashed'}</marker></mailet>"
+    )
+    (relay.kw.conf / "mailetcontainer.xml").write_text(xml[:rrt] + crash + xml[rrt:])
+    relay.kw.env["PYTHONPATH"] = str(Path(__file__).parent.parent)  # mailet.crashers
+    relay.kw.start()
+    with smtplib.SMTP("127.0.0.1", relay.kw.port, timeout=10) as client:
+        client.sendmail("dave@sender-e2e.test", [ALICE], b"Subject: fwd-crash\r\n\r\nx\r\n")
+    assert relay.kw.proc is not None
+    assert relay.kw.proc.wait(timeout=30) == 70
+    assert (tmp_path / "crashed").exists()
+    relay.kw.start()
+    sender, rcpts, _data = relay.sink.wait(f"carol@{REMOTE}", timeout=30)
+    assert sender == "dave@sender-e2e.test"
+    relay.kw.wait_messages(ALICE, 1, timeout=30)
+    time.sleep(2)
+    assert len([m for m in relay.sink.messages if f"carol@{REMOTE}" in m[1]]) == 1
+    assert len(relay.kw.messages(ALICE)) == 1
+    # (the log lines of the first run died with it: os._exit flushes nothing)
+    assert "its new mail (index " in relay.kw.log_text()  # "... was made before a restart"

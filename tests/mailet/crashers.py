@@ -18,3 +18,17 @@ class ExitOnSubject(Mailet):
     def service(self, mail: Mail) -> None:
         if mail.message.get("Subject") == self.subject:
             os._exit(70)
+
+
+class ExitOnceOnSubject(ExitOnSubject):
+    """The same, the first time only: it leaves ``<marker>`` (a file) behind."""
+
+    def init(self, config: MailetConfig) -> None:
+        super().init(config)
+        self.marker = config.get("marker") or ""
+
+    def service(self, mail: Mail) -> None:
+        if mail.message.get("Subject") == self.subject and not os.path.exists(self.marker):
+            with open(self.marker, "w"):
+                pass
+            os._exit(70)

@@ -389,6 +389,7 @@ class MailetDeliverer:
                 self._process(run)
             finally:
                 failures.end(run.job)
+        failures.flush()
         self._deliver_local(runs)
         done = iter([self._outcomes(run) for run in runs])
         results = [held[n] if n in held else next(done) for n in range(len(jobs))]

@@ -120,15 +120,15 @@ class Message:
         assert self.path is not None
         buf = b""
         with open(self.path, "rb") as fh:
-            if self._skip:
-                hidden = format_field("Delivered-To", self.delivered_to)
-                buf = fh.read(self._skip)
-                if buf == hidden:
-                    buf = b""
-                else:  # not there after all: the file is the message
-                    self.delivered_to, self._skip = "", 0
+            first = True
             while True:
                 chunk = fh.read(_CHUNK)
+                if first and self._skip:
+                    first = False
+                    if chunk.startswith(format_field("Delivered-To", self.delivered_to)):
+                        chunk = chunk[self._skip :]
+                    else:  # not there after all: the file is the message
+                        self.delivered_to, self._skip = "", 0
                 buf += chunk
                 try:
                     self._parse(buf, whole=not chunk, base=self._skip)
