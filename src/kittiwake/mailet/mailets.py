@@ -197,7 +197,8 @@ class RecipientRewriteTable(Mailet):
         origins: dict[str, int] = {}
         sources: list[str] = []
         for rcpt, targets in mapping.items():
-            remote = [t for t in targets if not ctx.is_local_server(_domain_of(t))]
+            # (an address without a domain stays here, for the relay rule to judge)
+            remote = [t for t in targets if "@" in t and not ctx.is_local_server(_domain_of(t))]
             if not remote:
                 continue
             mapping[rcpt] = [t for t in targets if t not in remote]
@@ -340,7 +341,7 @@ def _canon(address: str) -> str:
 
 
 def _domain_of(address: str) -> str:
-    return _canon_domain(address.rpartition("@")[2]) if "@" in address else ""
+    return _canon_domain(address.rpartition("@")[2])
 
 
 def _canon_domain(domain: str) -> str:
