@@ -289,7 +289,7 @@ def test_forward_survives_a_crash_after_it_was_spooled(relay: Relay, tmp_path: P
     assert (tmp_path / "crashed").exists()
     relay.kw.start()
     sender, rcpts, _data = relay.sink.wait(f"carol@{REMOTE}", timeout=30)
-    assert sender == "dave@sender-e2e.test"
+    assert sender == "dave@sender-e2e.test" and rcpts == [f"carol@{REMOTE}"]
     relay.kw.wait_messages(ALICE, 1, timeout=30)
     time.sleep(2)
     assert len([m for m in relay.sink.messages if f"carol@{REMOTE}" in m[1]]) == 1
