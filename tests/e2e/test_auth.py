@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import re
 import socket
 import sqlite3
@@ -593,19 +594,32 @@ def test_aliases_delivered(server: AuthServer) -> None:
     assert rewritten and "bob@elsewhere.test" in rewritten[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mailet container (issue 7): its RecipientRewriteTable keeps a forward's remote "
-    "targets in the same mail, so an anonymous sender's forwarded copy goes to relay-denied; "
-    "James sends them as a new mail (SentByMailet), which the transport relays",
-)
 def test_forwarded_copy_is_kept_for_remote_delivery(server: AuthServer) -> None:
+    """An anonymous sender's mail to a forward alias: the local copy is delivered, the
+    remote target leaves as a new mail (own queue ID, SentByMailet) that the default
+    transport relays, as James does; the client itself still cannot relay."""
     c = Client(server.ports["mx"])
     c.ehlo()
     reply = c.send("x@remote.example", BOB, "Subject: al4\n\nx\n")
     qid = reply.rsplit(" ", 1)[1]
+    # the relay rule is untouched: the forward's target itself is refused to this client
+    assert code(c.cmd("MAIL FROM:<x@remote.example>")) == "250 2.1.0"
+    assert code(c.cmd("RCPT TO:<bob@elsewhere.test>")) == "550 5.7.1"
     c.close()
-    assert "bob@elsewhere.test" in kept_for_remote_delivery(server, qid, timeout=3)
+    server.message(BOB, "al4")
+    pattern = rf"{qid}: to bob@elsewhere.test: sent as a new mail (\w{{12}})"
+    deadline = time.monotonic() + 10
+    while not (found := re.search(pattern, server.kw.log_text())):
+        assert time.monotonic() < deadline, server.kw.log_text()[-3000:]
+    copy = found.group(1)
+    assert copy != qid
+    envelope = json.loads(kept_for_remote_delivery(server, copy))
+    assert envelope["recipients"] == ["bob@elsewhere.test"]
+    assert envelope["sender"] == "x@remote.example"  # no SRS, as James (docs/mailets.md)
+    log = server.kw.log_text()
+    assert f"{copy}: queued for remote delivery as outgoing/" in log
+    assert not re.search(rf"{qid}: to=<{BOB}>, status=failed", log)
+    assert "relay-denied" not in log
 
 
 # ---- 1. James users imported, re-hashed to argon2id at login -----------------------------

@@ -289,3 +289,60 @@ def test_mx_pointing_back_at_kittiwake_bounces(tmp_path: Path, dns_server: TestD
     finally:
         code = kw.stop()
         assert code == 0, kw.log_text()[-3000:]
+
+
+def test_forward_alias_from_an_anonymous_sender_is_relayed_once(relay: Relay) -> None:
+    """James's RecipientRewriteTable: a forward to another host leaves as a new mail
+    (SentByMailet) that RemoteDelivery sends, whoever sent the original; the local copy
+    stays; the relayed copy has the original envelope sender (no SRS) and none of the
+    local copy's Delivered-To."""
+    for target in (ALICE, f"carol@{REMOTE}"):
+        done = relay.kw.cli("alias", "add", "--type", "forward", ALICE, target)
+        assert done.returncode == 0, done.stderr
+    time.sleep(0.3)  # the server's store cache
+    with smtplib.SMTP("127.0.0.1", relay.kw.port, timeout=10) as client:  # no AUTH
+        client.sendmail("dave@sender-e2e.test", [ALICE], b"Subject: fwd\r\n\r\nhello\r\n")
+        # the client itself still cannot relay there
+        client.mail("dave@sender-e2e.test")
+        code, _ = client.rcpt(f"carol@{REMOTE}")
+        assert code == 530  # 5.7.0: AUTH is announced to this client (else 550 5.7.1)
+    sender, rcpts, data = relay.sink.wait(f"carol@{REMOTE}")
+    assert sender == "dave@sender-e2e.test" and rcpts == [f"carol@{REMOTE}"]
+    assert b"Subject: fwd" in data and b"Delivered-To" not in data
+    (local,) = relay.kw.wait_messages(ALICE, 1)
+    assert local.startswith(f"Delivered-To: {ALICE}\r\n".encode()) and b"Subject: fwd" in local
+    time.sleep(1.5)
+    assert [m for m in relay.sink.messages if f"carol@{REMOTE}" in m[1]] == [(sender, rcpts, data)]
+    assert "relay-denied" not in relay.kw.log_text()
+
+
+def test_forward_survives_a_crash_after_it_was_spooled(relay: Relay, tmp_path: Path) -> None:
+    """The process dies just after RecipientRewriteTable spooled the forward's copy:
+    after the restart the original does not make a second one; one copy is relayed,
+    one local copy delivered."""
+    for target in (ALICE, f"carol@{REMOTE}"):
+        assert relay.kw.cli("alias", "add", "--type", "forward", ALICE, target).returncode == 0
+    assert relay.kw.stop() == 0
+    xml = _mailetcontainer(relay.controller.port)
+    rrt = xml.index("</mailet>", xml.index('class="RecipientRewriteTable"')) + len("</mailet>")
+    crash = (
+        '<mailet match="All" class="mailet.crashers.ExitOnceOnSubject">'
+        f"<subject>fwd-crash</subject><marker>{tmp_path / 'crashed'}</marker></mailet>"
+    )
+    (relay.kw.conf / "mailetcontainer.xml").write_text(xml[:rrt] + crash + xml[rrt:])
+    relay.kw.env["PYTHONPATH"] = str(Path(__file__).parent.parent)  # mailet.crashers
+    relay.kw.start()
+    with smtplib.SMTP("127.0.0.1", relay.kw.port, timeout=10) as client:
+        client.sendmail("dave@sender-e2e.test", [ALICE], b"Subject: fwd-crash\r\n\r\nx\r\n")
+    assert relay.kw.proc is not None
+    assert relay.kw.proc.wait(timeout=30) == 70
+    assert (tmp_path / "crashed").exists()
+    relay.kw.start()
+    sender, rcpts, _data = relay.sink.wait(f"carol@{REMOTE}", timeout=30)
+    assert sender == "dave@sender-e2e.test" and rcpts == [f"carol@{REMOTE}"]
+    relay.kw.wait_messages(ALICE, 1, timeout=30)
+    time.sleep(2)
+    assert len([m for m in relay.sink.messages if f"carol@{REMOTE}" in m[1]]) == 1
+    assert len(relay.kw.messages(ALICE)) == 1
+    # (the log lines of the first run died with it: os._exit flushes nothing)
+    assert "its new mail (index " in relay.kw.log_text()  # "... was made before a restart"

@@ -39,8 +39,12 @@ def test_smtplib_delivers_into_maildir(kittiwake: Kittiwake) -> None:
         assert refused == {}
     alice = kittiwake.wait_messages("alice@kittiwake.test", 1)
     bob = kittiwake.wait_messages("bob@kittiwake.test", 1)
-    for msg in (alice[0], bob[0]):
-        assert msg.startswith(b"Return-Path: <sender@remote.test>\r\nReceived: from client.test")
+    for msg, rcpt in ((alice[0], b"alice@kittiwake.test"), (bob[0], b"Bob@KITTIWAKE.test")):
+        # James's default flow: AddDeliveredToHeader, one per mailbox
+        assert msg.startswith(
+            b"Delivered-To: %s\r\nReturn-Path: <sender@remote.test>\r\nReceived: from client.test"
+            % rcpt
+        )
         assert b"by mx.kittiwake.test (kittiwake) with ESMTP id " in msg
         assert msg.endswith(b"Subject: hello\r\n\r\nHi there.\r\n.leading dot\r\n")
     log = kittiwake.log_text()

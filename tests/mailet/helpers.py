@@ -13,6 +13,8 @@ from kittiwake.delivery.journal import Journal
 from kittiwake.delivery.maildir import MaildirDeliverer
 from kittiwake.mailet import build_container, load_spec, parse_mailetcontainer_text
 from kittiwake.mailet.container import MailetDeliverer
+from kittiwake.mailet.mailets import AddDeliveredToHeader
+from kittiwake.mailet.message import format_field
 from kittiwake.queue._envelope import Envelope
 from kittiwake.server.recipients import LocalResolver
 from kittiwake.storage.memory import MemoryStore
@@ -73,11 +75,18 @@ class Harness:
         recovered: bool = False,
         qid: str | None = None,
         state: str = "",
+        stamp: bool = True,
     ) -> DeliveryJob:
         qid = qid or f"Q{next(_ids):011d}"
         spool = self.data / "spool"
         spool.mkdir(parents=True, exist_ok=True)
         path = spool / qid
+        delivered_to = ""
+        if stamp and len(recipients) == 1 and self.adds_delivered_to():
+            # what the SMTP session does (server/session.py): the spool file starts
+            # with the single recipient's Delivered-To
+            delivered_to = recipients[0]
+            data = format_field("Delivered-To", delivered_to) + data
         if not path.exists():
             path.write_bytes(data)
         env = Envelope(
@@ -91,9 +100,14 @@ class Harness:
             len(data),
             auth_user=auth,
             state=state,
+            delivered_to=delivered_to,
         )
         targets = tuple(Target(i, r, None) for i, r in enumerate(recipients))
         return DeliveryJob(qid, str(path), env.received_at, len(data), recovered, targets, env)
+
+    def adds_delivered_to(self) -> bool:
+        mailets = self.deliverer.container.mailets()
+        return any(isinstance(m, AddDeliveredToHeader) for m in mailets)
 
     def run(self, *jobs: DeliveryJob) -> list[list[Outcome]]:
         return self.deliverer.deliver(list(jobs))

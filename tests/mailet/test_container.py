@@ -30,11 +30,65 @@ def test_default_flow_delivers_local_and_keeps_unknown_local_in_address_error(
 
 
 def test_unchanged_message_is_hard_linked(tmp_path: Path) -> None:
+    """The default flow adds Delivered-To (as James's); for a single recipient the
+    spool file already starts with it, so the mailbox still gets a hard link."""
     h = Harness(tmp_path)
     job = h.job(["bob@a.test"], data=b"Subject: x\r\n\r\nbody\r\n")
     h.run(job)
     new = next((tmp_path / "mail" / "a.test" / "bob" / "new").iterdir())
     assert new.stat().st_ino == Path(job.data_path).stat().st_ino
+    assert new.read_bytes() == b"Delivered-To: bob@a.test\r\nSubject: x\r\n\r\nbody\r\n"
+
+
+def test_delivered_to_in_the_default_flow_one_file_per_mailbox(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.store.add_mapping(normalize_mapping(MappingKind.ADDRESS, "sales@a.test", "alice@a.test"))
+    job = h.job(["bob@a.test", "sales@a.test"], sender="bob@a.test")
+    h.run(job)
+    (bob,) = h.mailbox("bob@a.test")
+    (alice,) = h.mailbox("alice@a.test")
+    assert bob.startswith(b"Delivered-To: bob@a.test\r\nReceived: from x\r\n")
+    assert alice.startswith(b"Delivered-To: alice@a.test\r\nReceived: from x\r\n")
+    assert alice.count(b"Delivered-To") == 1
+    # run again as after a SIGKILL: nothing twice (Maildir names and journal hold)
+    h2 = Harness(tmp_path)
+    h2.store.add_mapping(normalize_mapping(MappingKind.ADDRESS, "sales@a.test", "alice@a.test"))
+    (out,) = h2.run(dataclasses.replace(job, recovered=True))
+    assert [o.status for o in out] == [Status.SENT, Status.SENT]
+    assert len(h2.mailbox("bob@a.test")) == 1 and len(h2.mailbox("alice@a.test")) == 1
+
+
+def test_single_recipient_stamp_is_hidden_where_it_does_not_apply(tmp_path: Path) -> None:
+    """The Delivered-To written at reception belongs to that recipient's mailbox only:
+    a rewritten recipient gets its own, and relayed or stored mail none."""
+    h = Harness(tmp_path)
+    h.store.add_mapping(normalize_mapping(MappingKind.ADDRESS, "sales@a.test", "alice@a.test"))
+    h.run(h.job(["sales@a.test"]))
+    (alice,) = h.mailbox("alice@a.test")
+    assert alice.startswith(b"Delivered-To: alice@a.test\r\nReceived:")
+    assert b"sales@a.test" not in alice
+    h.run(h.job(["x@remote.test"], auth="alice@a.test"))
+    h.run(h.job(["nobody@a.test"]))
+    for name in ("outgoing", "address-error"):
+        repo = h.deliverer.context.repositories.get(name)
+        for stored in repo:
+            head = repo.message_bytes(stored.key).split(b"\r\n\r\n")[0]
+            assert b"Delivered-To" not in head
+
+
+def test_delivered_to_loop_is_bounced_with_5_4_6(tmp_path: Path) -> None:
+    """Postfix's check: a message that already says Delivered-To: bob came back for bob
+    (a forward that loops); it is bounced, not delivered again."""
+    h = Harness(tmp_path)
+    looped = b"Delivered-To: Bob@A.test\r\nSubject: again\r\n\r\nx\r\n"
+    (out,) = h.run(h.job(["bob@a.test", "postmaster@a.test"], sender="alice@a.test", data=looped))
+    assert [o.status for o in out] == [Status.FAILED, Status.SENT]
+    assert not h.mailbox("bob@a.test") and len(h.mailbox("postmaster@a.test")) == 1
+    (dsn,) = h.mailbox("alice@a.test")
+    assert b"Status: 5.4.6" in dsn and b"mail forwarding loop for bob@a.test" in dsn
+    (key,) = h.repo("error")
+    stored = h.deliverer.context.repositories.get("error").load(key)
+    assert stored.recipients == ["bob@a.test"]
 
 
 def test_relay_denied_and_relay_allowed(tmp_path: Path) -> None:
@@ -153,6 +207,27 @@ def test_propagate_fails_five_times_then_error_repository(tmp_path: Path) -> Non
     assert len(h.repo("error")) == 1
 
 
+def test_failure_count_survives_a_restart(tmp_path: Path) -> None:
+    """The count is on disk: 3 failures, a restart, 2 more: error repository."""
+    xml = processors("""<processor state="root">
+          <mailet match="All" class="mailet.test_container.Boom"
+            onMailetException="propagate"/></processor>""")
+    h = Harness(tmp_path, xml)
+    job = h.job(["alice@a.test"])
+    for _ in range(3):
+        (out,) = h.run(job)
+        assert out[0].status is Status.DEFERRED
+    h.deliverer.close()
+    h2 = Harness(tmp_path, xml)
+    again = dataclasses.replace(job, recovered=True)
+    (out,) = h2.run(again)
+    assert out[0].status is Status.DEFERRED
+    (out,) = h2.run(again)
+    assert out[0].status is Status.FAILED
+    assert len(h2.repo("error")) == 1
+    assert not list((tmp_path / "mailet" / "failures").iterdir())  # forgotten with the mail
+
+
 def test_ghost_and_null(tmp_path: Path) -> None:
     h = Harness(
         tmp_path,
@@ -192,7 +267,7 @@ def test_delivered_to_per_recipient(tmp_path: Path) -> None:
     h.run(h.job(["alice@a.test", "bob@a.test"]))
     assert h.mailbox("alice@a.test")[0].startswith(b"Delivered-To: alice@a.test\r\n")
     assert h.mailbox("bob@a.test")[0].startswith(b"Delivered-To: bob@a.test\r\n")
-    assert not list((tmp_path / "mailet").iterdir())  # the work files are gone
+    assert not [p for p in (tmp_path / "mailet").iterdir() if p.is_file()]  # work files gone
 
 
 def test_rerun_delivers_nothing_twice(tmp_path: Path) -> None:

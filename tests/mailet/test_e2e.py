@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import KITTIWAKE, Kittiwake, make_kittiwake
+from e2e.conftest import KITTIWAKE, Kittiwake, make_kittiwake, wait_for_port
 from kittiwake.mailet import load_spec
 from kittiwake.mailet.loader import compile_container
 
@@ -113,6 +113,96 @@ def test_sendmail_t_from_a_script(kw: Kittiwake) -> None:
     assert b"Subject: cron" in msg and b"Bcc" not in msg
     assert b"\r\n.\r\nok" in msg  # -oi: a lone dot is text
     assert b"Received: by " in msg
+
+
+def test_default_flow_delivered_to_and_forwarding_loop(tmp_path: Path) -> None:
+    """James's default flow has AddDeliveredToHeader: one recipient, several, and a
+    message that already went through a recipient's mailbox (bounced, 5.4.6)."""
+    k = make_kittiwake(tmp_path, users=("alice@kittiwake.test", "bob@kittiwake.test"))
+    k.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", k.port, timeout=30) as s:
+            s.sendmail("carol@remote.test", ["alice@kittiwake.test"], "Subject: one\r\n\r\n1\r\n")
+            s.sendmail(
+                "carol@remote.test",
+                ["alice@kittiwake.test", "bob@kittiwake.test"],
+                "Subject: two\r\n\r\n2\r\n",
+            )
+            # null sender: no bounce leaves the machine
+            s.sendmail("<>", ["bob@kittiwake.test"], "Delivered-To: bob@kittiwake.test\r\n"
+                       "Subject: looped\r\n\r\n3\r\n")  # fmt: skip
+        one, two = k.wait_messages("alice@kittiwake.test", 2, timeout=30)
+        assert one.startswith(b"Delivered-To: alice@kittiwake.test\r\nReturn-Path: <carol@")
+        assert b"Subject: one" in one and one.count(b"Delivered-To") == 1
+        assert two.startswith(b"Delivered-To: alice@kittiwake.test\r\n")
+        (bob,) = k.wait_messages("bob@kittiwake.test", 1, timeout=30)
+        assert bob.startswith(b"Delivered-To: bob@kittiwake.test\r\n") and b"Subject: two" in bob
+        error = k.data / "repositories" / "error"
+        deadline = time.monotonic() + 30
+        while not (error.is_dir() and list(error.glob("*.json"))):
+            assert time.monotonic() < deadline, k.log_text()[-3000:]
+            time.sleep(0.05)
+        assert "mail forwarding loop for bob@kittiwake.test" in k.log_text()
+        assert len(k.messages("bob@kittiwake.test")) == 1
+    finally:
+        assert k.stop() == 0, k.log_text()[-3000:]
+
+
+CRASHER = """<?xml version="1.0"?>
+<mailetcontainer>
+  <spooler><threads>2</threads><errorRepository>file://var/mail/error/</errorRepository></spooler>
+  <processors>
+    <processor state="root">
+      <mailet match="All" class="mailet.crashers.ExitOnSubject"><subject>poison</subject></mailet>
+      <mailet match="All" class="LocalDelivery"/>
+    </processor>
+    <processor state="error">
+      <mailet match="All" class="ToRepository">
+        <repositoryPath>file://var/mail/error/</repositoryPath>
+      </mailet>
+    </processor>
+  </processors>
+</mailetcontainer>
+"""
+
+
+def test_a_mail_that_kills_its_process_ends_in_the_error_repository(tmp_path: Path) -> None:
+    """James gives up on a mail after 5 failures; a mail that kills the process each
+    time is counted too (durably), so the crash loop ends after 5 tries."""
+    k = make_kittiwake(tmp_path, users=("alice@kittiwake.test",))
+    (k.conf / "mailetcontainer.xml").write_text(CRASHER)
+    k.env["PYTHONPATH"] = str(Path(__file__).parent.parent)  # mailet.crashers
+    k.start()
+    with smtplib.SMTP("127.0.0.1", k.port, timeout=30) as s:
+        s.sendmail("carol@remote.test", ["alice@kittiwake.test"], "Subject: poison\r\n\r\nx\r\n")
+    error = k.data / "repositories" / "error"
+    deaths = 0
+    deadline = time.monotonic() + 120
+    while not (error.is_dir() and list(error.glob("*.json"))):
+        assert time.monotonic() < deadline, k.log_text()[-3000:]
+        assert k.proc is not None
+        code = k.proc.poll()
+        if code is None:
+            time.sleep(0.05)
+            continue
+        assert code == 70, k.log_text()[-3000:]
+        deaths += 1
+        assert deaths <= 5, k.log_text()[-3000:]
+        k.start(wait=False)  # it may die before it listens: the spool is recovered first
+    assert deaths == 5
+    wait_for_port(k.port, k.proc)
+    listing = k.cli("repo", "list", "error")
+    assert listing.returncode == 0 and "alice@kittiwake.test" in listing.stdout, listing
+    key = listing.stdout.split("\t")[0]
+    assert "Subject: poison" in k.cli("repo", "show", "error", key).stdout
+    log = k.log_text()
+    assert "processing failed 5 times" in log
+    assert "its process died while processing it (failure 5)" in log
+    # the server works on, and the mail is gone from the spool (and its count with it)
+    _send(k.port, ["alice@kittiwake.test"])
+    k.wait_messages("alice@kittiwake.test", 1, timeout=30)
+    assert not list((k.data / "mailet" / "failures").iterdir())
+    assert k.stop() == 0
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="James samples not fetched")

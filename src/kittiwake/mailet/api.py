@@ -177,6 +177,25 @@ class MailetContext(Protocol):
         """
         ...
 
+    def enqueue(self, mail: Mail, key: str) -> str:
+        """Put ``mail`` in the spool as a new mail with its own queue ID, to be
+        processed later from ``root`` (James's ``sendMail``; ``SentByMailet`` matches
+        it). This is how RecipientRewriteTable sends a forward's remote targets.
+
+        The new mail is durable when this returns, and it is made once per ``key``
+        for the mail being processed, even if a crash makes that mail run again: the
+        new mail is held back until the mail that made it has durably recorded it.
+        Without a spool (in-process tests) it is processed at once, as
+        :meth:`send_mail` does.
+
+        Returns:
+            The new mail's queue ID.
+
+        Raises:
+            OSError: it could not be spooled (defer the recipients and try later).
+        """
+        ...
+
     def rewrite_table(self) -> RewriteTable:
         """The recipient rewrite table now (``kittiwake alias``)."""
         ...

@@ -17,9 +17,12 @@ reaches the end of a processor is ghosted, as in James, and logged.
 ``LocalDelivery`` does not write at once: every local delivery of the batch is handed
 to the :class:`~kittiwake.delivery.maildir.MaildirDeliverer` together at the end, so
 the batch still costs one fsync per touched ``new/`` and one journal fsync, and an
-unchanged message is still hard-linked from the spool file. A changed message (a
-header added or removed, a per-recipient ``Delivered-To``) is first written to
-``DATA/mailet/`` and linked from there.
+unchanged message is still hard-linked from the spool file. A single-recipient mail's
+spool file may start with that recipient's ``Delivered-To`` (written by the session;
+:class:`~.message.Message` hides it), and is then linked too when that is the only
+change. A changed message (a header added or removed, a per-recipient ``Delivered-To``)
+is first written to ``DATA/mailet/`` and linked from there; two recipients with one
+mailbox get one copy.
 
 Exactly one place
 -----------------
@@ -30,9 +33,11 @@ effect is idempotent, so a crash anywhere means the whole pipeline runs again fo
 is left, with no duplicate: Maildir names and journal keys, repository keys and the
 names of mails made by mailets (bounces: ``<queue id>-<hash>``) are functions of the
 mail, and a job that may have run before is delivered in the Maildir deliverer's careful
-mode. A mail whose processing raises out of the container five times (James's
-``MAXIMUM_FAILURE_COUNT``) is stored in the spooler's ``errorRepository`` instead of
-being retried for ever.
+mode. A new mail a mailet puts in the spool (a forward's remote copy) is made once
+(:mod:`.enqueue`). A mail whose processing fails five times (James's
+``MAXIMUM_FAILURE_COUNT``: raised out of the container, or the process died while it
+was in it; counted on disk, :mod:`.failures`) is stored in the spooler's
+``errorRepository`` instead of being retried for ever.
 """
 
 from __future__ import annotations
@@ -52,7 +57,10 @@ from kittiwake.delivery.base import DeliveryJob, Outcome, Status, Target
 from kittiwake.delivery.maildir import MaildirDeliverer
 from kittiwake.mailet.api import ERROR, GHOST, ROOT, Mail, Mailet, MessagingError
 from kittiwake.mailet.config import ContainerSpec
+from kittiwake.mailet.enqueue import Enqueuer, SpoolMail
+from kittiwake.mailet.failures import FailureCounts
 from kittiwake.mailet.loader import Step, compile_container
+from kittiwake.mailet.matchers import SENT_BY_MAILET
 from kittiwake.mailet.message import Message
 from kittiwake.mailet.repository import RepositoryStore, deferred_sync
 from kittiwake.policy.rewrite import EMPTY_TABLE, RewriteTable
@@ -70,6 +78,10 @@ _STEP_BUDGET = 10_000
 _STATUS = re.compile(r"\b(5\.\d{1,3}\.\d{1,3})\b")
 #: journal indexes of recipients that are not envelope recipients start here
 _DERIVED_INDEX = 1 << 32
+
+
+#: group key -> (message file, size, targets, recipients): one delivery job each
+_Groups = dict[str, tuple[str, int, list[Target], list[str]]]
 
 
 def _stable_index(address: str) -> int:
@@ -138,6 +150,8 @@ class ContainerContext:
         self._rewrite_table = rewrite_table
         self._current = threading.local()
         self.container: Container | None = None
+        #: spools the new mails of :meth:`enqueue` (None: no spool, processed at once)
+        self.enqueuer: Enqueuer | None = None
 
     # -- MailetContext ---------------------------------------------------------
 
@@ -188,6 +202,16 @@ class ContainerContext:
         mail.state = state
         assert self.container is not None
         self.container.run(mail, self)
+
+    def enqueue(self, mail: Mail, key: str) -> str:
+        run = self._run()
+        mail.attributes[SENT_BY_MAILET] = True
+        enqueuer = self.enqueuer
+        if enqueuer is None:
+            copy = mail.duplicate()
+            self.send_mail(copy, ROOT)
+            return copy.name
+        return enqueuer.enqueue(run.job, run.recovered, mail, key)
 
     def deliver_local(self, mail: Mail) -> None:
         self._run().local.append(mail)
@@ -339,33 +363,65 @@ class MailetDeliverer:
         self.maildir = maildir
         self.journal = maildir.journal
         self.work_dir = work_dir
-        self._failures: dict[str, int] = {}
+        self.failures = FailureCounts(work_dir)
         self._attempted: set[str] = set()
         self._lock = threading.Lock()
+
+    def attach_spool(self, spool_root: Path, spool_mail: SpoolMail) -> None:
+        """Let mailets put new mails in the spool (``MailetContext.enqueue``); without
+        this they are processed at once, within the attempt that made them."""
+        self.context.enqueuer = Enqueuer(self.journal, spool_root, spool_mail)
 
     def close(self) -> None:
         for mailet in self.container.mailets():
             mailet.destroy()
+        self.failures.close()
 
     def deliver(self, jobs: Sequence[DeliveryJob]) -> list[list[Outcome]]:
         runs: list[_Run] = []
+        held: dict[int, list[Outcome]] = {}
+        enqueuer = self.context.enqueuer
         # One group commit for every repository store of the batch (RemoteDelivery's
         # outgoing queue above all): the spool entries go only after this returns.
         with deferred_sync():
-            for job in jobs:
+            for n, job in enumerate(jobs):
+                if enqueuer is not None and not enqueuer.may_process(job):
+                    # a mailet's new mail whose parent may still run again (enqueue.py)
+                    held[n] = [
+                        Outcome(
+                            t.index, t.recipient, Status.DEFERRED, "4.3.0", "", "held for its parent"
+                        )
+                        for t in job.targets
+                    ]
+                    continue
                 with self._lock:
                     again = job.queue_id in self._attempted
                     self._attempted.add(job.queue_id)
-                run = _Run(job, job.envelope, job.recovered or again)
-                runs.append(run)
-                self._process(run)
+                runs.append(_Run(job, job.envelope, job.recovered or again))
+            failures = self.failures
+            for run in runs:
+                n = failures.count(run.job)
+                if n >= MAXIMUM_FAILURE_COUNT:
+                    self._give_up(run, n, "the process died while processing it")
+                    continue
+                # a death while this mail is in the container counts as its failure (not
+                # the other mails' of the batch: one poisonous mail must not take them along)
+                failures.begin(run.job)
+                try:
+                    self._process(run)
+                finally:
+                    failures.end(run.job)
+            failures.flush()
         self._deliver_local(runs)
-        results = [self._outcomes(run) for run in runs]
+        done = iter([self._outcomes(run) for run in runs])
+        results = [held[n] if n in held else next(done) for n in range(len(jobs))]
         with self._lock:
             for job, outcomes in zip(jobs, results, strict=True):
                 if all(o.status is not Status.DEFERRED for o in outcomes):
                     self._attempted.discard(job.queue_id)
-                    self._failures.pop(job.queue_id, None)
+                    failures.clear(job.queue_id)
+                    if enqueuer is not None:
+                        enqueuer.finished(job.queue_id)
         return results
 
     # -- processing ------------------------------------------------------------
@@ -377,7 +433,9 @@ class MailetDeliverer:
             name=job.queue_id,
             sender=(env.sender or None) if env is not None else None,
             recipients=[t.recipient for t in targets],
-            message=Message(job.data_path, job.size),
+            message=Message(
+                job.data_path, job.size, delivered_to=env.delivered_to if env is not None else ""
+            ),
             received_at=job.received_at,
         )
         mail.origins = {t.recipient: t.index for t in targets}
@@ -391,6 +449,8 @@ class MailetDeliverer:
             if state != ROOT:
                 mail.attributes["mailRepository-reprocessing"] = state
             mail.error_message = getattr(env, "error", "") or None
+            if env.parent:
+                mail.attributes[SENT_BY_MAILET] = True
         return mail
 
     def _process(self, run: _Run) -> None:
@@ -407,10 +467,9 @@ class MailetDeliverer:
 
     def _failed(self, run: _Run, mail: Mail, exc: Exception) -> None:
         qid = run.job.queue_id
-        with self._lock:
-            n = self._failures[qid] = self._failures.get(qid, 0) + 1
         run.outcomes.clear()
         run.local.clear()
+        n = self.failures.add(qid)
         if n < MAXIMUM_FAILURE_COUNT:
             log.warning("%s: processing failed (%d of %d): %s", qid, n, MAXIMUM_FAILURE_COUNT, exc)
             for t in run.job.targets:
@@ -418,9 +477,16 @@ class MailetDeliverer:
                     (Status.DEFERRED, "4.3.0", "", f"processing failed: {exc}")
                 ]
             return
+        self._give_up(run, n, str(exc))
+
+    def _give_up(self, run: _Run, n: int, reason: str) -> None:
+        """Store the mail as received in the spooler's error repository."""
+        qid = run.job.queue_id
+        run.outcomes.clear()
+        run.local.clear()
         fresh = self._mail(run)
         fresh.state = ERROR
-        fresh.error_message = f"processing failed {n} times: {exc}"
+        fresh.error_message = f"processing failed {n} times: {reason}"
         repo = self.context.repositories.get(self.container.error_repository)
         try:
             repo.store(fresh)
@@ -445,25 +511,22 @@ class MailetDeliverer:
         try:
             for run in runs:
                 for mail in run.local:
-                    groups: dict[str, tuple[str, int, list[Target], list[str]]] = {}
+                    groups: _Groups = {}
+                    # two recipients with one mailbox get one copy (as Postfix), the
+                    # first one's, whatever per-recipient fields (Delivered-To) differ
+                    boxes: dict[str, str] = {}
                     for rcpt in mail.recipients:
-                        extra = mail.per_recipient_headers.get(rcpt)
-                        msg = mail.message
-                        if not msg.modified and not extra and msg.path is not None:
-                            key, path, size = "", msg.path, msg.size
-                        else:
-                            data = msg.as_bytes(extra)
-                            key = hashlib.sha1(data).hexdigest()[:16]
-                            path = os.path.join(self.work_dir, f"{mail.name}-{key}")
-                            if key not in groups:
-                                _write_durably(self.work_dir, path, data)
-                                temporary.append(path)
-                            size = len(data)
+                        box = mailbox_of(rcpt)
+                        key = boxes.get(box, "\0") if box is not None else "\0"
+                        if key == "\0":
+                            key, path, size = self._message_file(mail, rcpt, groups, temporary)
+                            if box is not None:
+                                boxes[box] = key
                         group = groups.setdefault(key, (path, size, [], []))
                         index = mail.origins.get(rcpt)
                         if index is None or mail.name != run.job.queue_id:
                             index = _stable_index(rcpt)
-                        group[2].append(Target(index, rcpt, mailbox_of(rcpt)))
+                        group[2].append(Target(index, rcpt, box))
                         group[3].append(rcpt)
                     for path, size, targets, rcpts in groups.values():
                         jobs.append(
@@ -487,6 +550,23 @@ class MailetDeliverer:
         for (run, mail, rcpts), outcomes in zip(where, results, strict=True):
             for rcpt, o in zip(rcpts, outcomes, strict=True):
                 run.record(mail, (rcpt,), (o.status, o.dsn, o.location, o.detail))
+
+    def _message_file(
+        self, mail: Mail, rcpt: str, groups: _Groups, temporary: list[str]
+    ) -> tuple[str, str, int]:
+        """The file ``rcpt``'s mailbox gets: (group key, path, size)."""
+        extra = mail.per_recipient_headers.get(rcpt)
+        msg = mail.message
+        if msg.linkable(extra):  # the spool file is these very bytes
+            assert msg.path is not None
+            return "", msg.path, msg.file_size
+        data = msg.as_bytes(extra)
+        key = hashlib.sha1(data).hexdigest()[:16]
+        path = os.path.join(self.work_dir, f"{mail.name}-{key}")
+        if key not in groups:
+            _write_durably(self.work_dir, path, data)
+            temporary.append(path)
+        return key, path, len(data)
 
     def _outcomes(self, run: _Run) -> list[Outcome]:
         out: list[Outcome] = []

@@ -118,11 +118,33 @@ class RemoveMimeHeader(Mailet):
 
 
 class AddDeliveredToHeader(Mailet):
-    """``Delivered-To: <recipient>`` in each recipient's copy (RFC 9228)."""
+    """``Delivered-To: <recipient>`` in each recipient's copy (RFC 9228).
+
+    Kittiwake's addition, as Postfix's local delivery does: a recipient the message
+    already names in a ``Delivered-To`` field has been here before (a forward that
+    came back), so it goes to ``loopProcessor`` (default ``error``, which bounces)
+    with "5.4.6 mail forwarding loop" instead of being delivered again."""
+
+    def init(self, config: MailetConfig) -> None:
+        super().init(config)
+        self.loop_processor = config.get("loopProcessor", "error") or "error"
 
     def service(self, mail: Mail) -> None:
+        seen = {_canon(v.strip().strip("<>")) for v in mail.message.get_all("Delivered-To")}
+        loops = [r for r in mail.recipients if _canon(r) in seen] if seen else []
+        if loops:
+            log.warning(
+                "%s: mail forwarding loop for %s (Delivered-To)", mail.name, ", ".join(loops)
+            )
+            bad = mail.duplicate()
+            bad.recipients = loops
+            bad.error_message = f"550 5.4.6 mail forwarding loop for {', '.join(loops)}"
+            self.context.send_mail(bad, self.loop_processor, derived=False)
+            mail.recipients = [r for r in mail.recipients if r not in loops]
         for rcpt in mail.recipients:
             mail.per_recipient_headers.setdefault(rcpt, []).insert(0, ("Delivered-To", rcpt))
+        if not mail.recipients:
+            mail.state = GHOST
 
 
 class PostmasterAlias(Mailet):
@@ -146,7 +168,14 @@ class PostmasterAlias(Mailet):
 class RecipientRewriteTable(Mailet):
     """Rewrites recipients with the rewrite table (``kittiwake alias``): address and
     domain aliases, forwards, regex mappings, recursively up to ``mappingLimit``. A
-    recipient whose mapping loops goes to ``errorProcessor`` (default ``error``)."""
+    recipient whose mapping loops goes to ``errorProcessor`` (default ``error``).
+
+    As in James, rewritten targets on other hosts leave this mail: they are sent as a
+    new mail (``MailetContext.enqueue``: own queue ID, ``SentByMailet``, so the default
+    transport relays it), whatever the client was allowed. That is safe because only
+    the administrator's table can name them; recipients the client gave are judged
+    by the relay rule, here and at RCPT. The new mail keeps the original envelope
+    sender (no SRS, as James): SPF may fail at the destination."""
 
     def init(self, config: MailetConfig) -> None:
         super().init(config)
@@ -172,10 +201,51 @@ class RecipientRewriteTable(Mailet):
             self.context.send_mail(bad, self.error_processor, derived=False)
             mail.recipients = [r for r in mail.recipients if r not in loops]
         if mapping:
+            targets = {t: None for r in mail.recipients for t in mapping.get(r, (r,))}
+            log.info("%s: rewritten to %s", mail.name, ", ".join(targets))
+            self._send_remote(mail, mapping)
             mail.replace_recipients(mapping)
-            log.info("%s: rewritten to %s", mail.name, ", ".join(mail.recipients))
         if not mail.recipients:
             mail.state = GHOST
+
+    def _send_remote(self, mail: Mail, mapping: dict[str, list[str]]) -> None:
+        """Take the remote targets out of ``mapping`` and send them as one new mail."""
+        ctx = self.context
+        far: list[str] = []
+        origins: dict[str, int] = {}
+        sources: list[str] = []
+        for rcpt, targets in mapping.items():
+            # (an address without a domain stays here, for the relay rule to judge)
+            remote = [t for t in targets if "@" in t and not ctx.is_local_server(_domain_of(t))]
+            if not remote:
+                continue
+            mapping[rcpt] = [t for t in targets if t not in remote]
+            origin = mail.origins.get(rcpt)
+            sources.append(str(origin) if origin is not None else _canon(rcpt))
+            for t in remote:
+                if t.lower() not in (f.lower() for f in far):
+                    far.append(t)
+                    if origin is not None:
+                        origins.setdefault(t, origin)
+        if not far:
+            return
+        copy = mail.duplicate()
+        copy.recipients = far
+        copy.origins = origins
+        copy.per_recipient_headers = {}
+        key = f"{mail.state}|{','.join(sorted(sources))}"
+        try:
+            qid = ctx.enqueue(copy, key)
+        except OSError as exc:
+            # not spooled (disk full...): these recipients are tried again later
+            log.warning("%s: cannot spool the forward to %s: %s", mail.name, ",".join(far), exc)
+            ctx.defer(copy, f"forward not spooled: {exc}")
+            return
+        # the outcome of the envelope recipients the forward stands for
+        record = copy.duplicate()
+        record.recipients = [t for t in far if t in origins]
+        if record.recipients:
+            ctx.finished(record, f"forwarded as {qid}")
 
 
 class LogMessage(Mailet):
@@ -286,6 +356,10 @@ def _canon(address: str) -> str:
         return canonical_address(address)
     except InvalidName:
         return address.lower()
+
+
+def _domain_of(address: str) -> str:
+    return _canon_domain(address.rpartition("@")[2])
 
 
 def _canon_domain(domain: str) -> str:

@@ -8,6 +8,11 @@ removed) makes delivery write a new file.
 
 Header fields are kept as their raw lines (folding and bytes exactly as received), so
 that an untouched field is written back byte for byte.
+
+A spool file may start with a ``Delivered-To:`` field that is not part of the message
+(the session adds it for a single-recipient mail, see ``Envelope.delivered_to``): the
+message hides it (headers, size, bytes), and :meth:`Message.linkable` says whether the
+file is, byte for byte, what a mailbox must get.
 """
 
 from __future__ import annotations
@@ -53,19 +58,35 @@ def _field_value(raw: bytes) -> str:
 class Message:
     """A message in a file (the spool's), or in memory for mails made by mailets."""
 
-    __slots__ = ("_body", "_body_offset", "_fields", "_size", "modified", "path")
+    __slots__ = (
+        "_body",
+        "_body_offset",
+        "_fields",
+        "_size",
+        "_skip",
+        "delivered_to",
+        "modified",
+        "path",
+    )
 
-    def __init__(self, path: str | None, size: int, data: bytes | None = None) -> None:
+    def __init__(
+        self, path: str | None, size: int, data: bytes | None = None, *, delivered_to: str = ""
+    ) -> None:
         """Args:
         path: the file holding the message (None: ``data`` holds it).
         size: bytes in the file.
         data: the whole message, for a message made in memory.
+        delivered_to: the file starts with ``Delivered-To: <this>``, which is not part
+            of the message (checked when the file is read).
         """
         self.path = path
         self._size = size
         self._fields: list[bytes] | None = None
         self._body_offset = 0
         self._body: bytes | None = None
+        #: the hidden ``Delivered-To`` value ("" = none)
+        self.delivered_to = delivered_to if path is not None else ""
+        self._skip = len(format_field("Delivered-To", delivered_to)) if self.delivered_to else 0
         #: True once a header was changed: delivery must write these bytes
         self.modified = False
         if data is not None:
@@ -79,18 +100,16 @@ class Message:
 
     # -- reading ---------------------------------------------------------------
 
-    def _parse(self, data: bytes, *, whole: bool) -> None:
-        end, sep = _header_end(data)
+    def _parse(self, data: bytes, *, whole: bool, base: int = 0) -> None:
+        end, _sep = _header_end(data)
         if end < 0:
             if whole or len(data) >= _MAX_HEADER:
-                end, sep = len(data), 0
+                end = len(data)
             else:
                 raise _NeedMore
         self._fields = _split_fields(data[:end])
-        if sep:  # the empty line belongs to the body part we write after the fields
-            self._body_offset = end
-        else:
-            self._body_offset = end
+        # the empty line belongs to the body part written after the fields
+        self._body_offset = base + end
         if whole:
             self._body = data[end:]
 
@@ -101,11 +120,18 @@ class Message:
         assert self.path is not None
         buf = b""
         with open(self.path, "rb") as fh:
+            first = True
             while True:
                 chunk = fh.read(_CHUNK)
+                if first and self._skip:
+                    first = False
+                    if chunk.startswith(format_field("Delivered-To", self.delivered_to)):
+                        chunk = chunk[self._skip :]
+                    else:  # not there after all: the file is the message
+                        self.delivered_to, self._skip = "", 0
                 buf += chunk
                 try:
-                    self._parse(buf, whole=not chunk)
+                    self._parse(buf, whole=not chunk, base=self._skip)
                     break
                 except _NeedMore:
                     continue
@@ -200,9 +226,21 @@ class Message:
             fh.seek(self._body_offset)
             return fh.read()
 
+    def linkable(self, extra: list[tuple[str, str]] | None = None) -> bool:
+        """True if the file holds exactly ``as_bytes(extra)``: a mailbox may get the
+        file itself (a hard link) instead of a copy."""
+        if self.path is None or self.modified:
+            return False
+        if self._skip:
+            self._load()  # checks that the hidden field is there
+        if self._skip:
+            return extra == [("Delivered-To", self.delivered_to)]
+        return not extra
+
     def as_bytes(self, extra: list[tuple[str, str]] | None = None) -> bytes:
         """The whole message as it is now, ``extra`` fields first."""
-        if not self.modified and not extra and self.path is not None:
+        if self.linkable(extra):
+            assert self.path is not None
             with open(self.path, "rb") as fh:
                 return fh.read()
         head = b"".join(format_field(n, v) for n, v in extra or ())
@@ -210,9 +248,15 @@ class Message:
 
     @property
     def size(self) -> int:
+        """Bytes of the message (without a hidden ``Delivered-To``)."""
         if not self.modified:
-            return self._size
+            return self._size - self._skip
         return len(self.header_bytes()) + self._body_size()
+
+    @property
+    def file_size(self) -> int:
+        """Bytes in the file (a hidden ``Delivered-To`` included)."""
+        return self._size
 
     def _body_size(self) -> int:
         if self._body is not None:
@@ -230,6 +274,8 @@ class Message:
         other._body_offset = self._body_offset
         other._body = self._body
         other.modified = self.modified
+        other.delivered_to = self.delivered_to
+        other._skip = self._skip
         return other
 
 

@@ -51,6 +51,16 @@ class Envelope:
     #: why the mail is sent to ``state`` (the mailet container's ``error_message``):
     #: RemoteDelivery's failure reply for its bounce processor
     error: str = ""
+    #: set on a mail a mailet put in the spool (a forward's remote copy, see
+    #: ``MailetDeliverer.enqueue``): ``"<queue id> <journal index> <data path>"`` of
+    #: the mail being processed when it was made. It marks the mail SentByMailet and
+    #: holds it back until that mail's record of it is durable (nothing twice).
+    parent: str = ""
+    #: the data file starts with ``Delivered-To: <this>`` (added at reception for a
+    #: single-recipient mail when the mailet container adds Delivered-To, so that the
+    #: mailbox's copy is still a hard link of the spool file); the container hides it
+    #: from everything else
+    delivered_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +112,10 @@ def _optional(env: Envelope) -> dict[str, Any]:
         out["state"] = env.state
     if env.error:
         out["error"] = env.error
+    if env.parent:
+        out["parent"] = env.parent
+    if env.delivered_to:
+        out["dt"] = env.delivered_to
     return out
 
 
@@ -129,6 +143,8 @@ def decode_record(line: bytes) -> Envelope | None:
             auth_network=bool(obj.get("authnet", False)),
             state=str(obj.get("state", "")),
             error=str(obj.get("error", "")),
+            parent=str(obj.get("parent", "")),
+            delivered_to=str(obj.get("dt", "")),
         )
     except (ValueError, KeyError, TypeError):
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ from kittiwake.dnsservice import DnsService
 from kittiwake.hooks.api import Services
 from kittiwake.hooks.loader import load_chains
 from kittiwake.mailet import mailet_deliverer
+from kittiwake.mailet.mailets import AddDeliveredToHeader
 from kittiwake.mailet.remote import RemoteDelivery, SelfCheck
 from kittiwake.queue._envelope import Envelope
 from kittiwake.queue.runner import SpoolRunner
@@ -55,6 +57,8 @@ PID_FILE = "kittiwake.pid"
 log = logging.getLogger("kittiwake")
 
 GIL_SWITCH_INTERVAL = 0.0005  # seconds
+#: seconds a delivery thread waits for the event loop to spool a mailet's new mail
+_SPOOL_TIMEOUT = 120.0
 
 
 class Server:
@@ -164,6 +168,14 @@ class Server:
         for mailet in self._remote:
             mailet.start(self.dns, self._enqueue, myself)
         loop = asyncio.get_running_loop()
+
+        def spool_mail(message: bytes, envelope: Envelope) -> str:
+            # a mailet's new mail (a forward's remote copy), from a delivery thread:
+            # the spool is the event loop's (queue IDs are allocated there)
+            future = asyncio.run_coroutine_threadsafe(self._spool(message, envelope), loop)
+            return future.result(timeout=_SPOOL_TIMEOUT)
+
+        self.mailets.attach_spool(self.spool.root, spool_mail)
         for cfg in self.config.listeners:
             services = Services(
                 cfg.name,
@@ -248,6 +260,15 @@ class Server:
         self.runner.wake()
         return writer.queue_id
 
+    async def _spool(self, message: bytes, envelope: Envelope) -> str:
+        writer = self.spool.begin()
+        try:
+            writer.write(message)
+            await writer.commit(dataclasses.replace(envelope, queue_id=writer.queue_id))
+        finally:
+            writer.abort()  # does nothing once committed
+        return writer.queue_id
+
     def _context(self, cfg: ListenerConfig) -> SessionContext:
         return SessionContext(
             hostname=cfg.hello_name,
@@ -261,6 +282,9 @@ class Server:
             quota=RcptQuota(self.local_deliverer, self._resolver.resolve, self.quotas.final),
             # LMTP judges aliases at RCPT and delivers to what they expand to (issue 6)
             rewrites=self.store if cfg.protocol is Protocol.LMTP else None,
+            delivered_to=any(
+                isinstance(m, AddDeliveredToHeader) for m in self.mailets.container.mailets()
+            ),
         )
 
     def _access(self, cfg: ListenerConfig) -> Access | None:
@@ -311,6 +335,7 @@ class Server:
         if self._direct is not None:
             await asyncio.to_thread(self._direct.close)  # deliveries under way finish
         await self.runner.stop()  # closes the spool it opened
+        self.mailets.close()
         self.journal.close()
         self.quota_overrides.close()
         self.auth_failures.close()

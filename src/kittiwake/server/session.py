@@ -24,6 +24,7 @@ from kittiwake.delivery.maildir import MaildirDeliverer
 from kittiwake.hooks.api import HEADER_LIMIT, Message, SessionInfo, split_header
 from kittiwake.hooks.chain import Chain
 from kittiwake.hooks.result import CONNECT_FAILED, HOOK_FAILED, HookResult
+from kittiwake.mailet.message import format_field
 from kittiwake.policy.headers import from_addresses, header_fields, submission_fields
 from kittiwake.policy.identity import IdentityMode, from_header_reply
 from kittiwake.policy.relay import SessionTrust, recipient_reply
@@ -77,6 +78,9 @@ class SessionContext:
     quota: RcptQuota | None = None
     #: the rewrite table for an LMTP listener, which has no ``access``
     rewrites: RewriteStore | None = None
+    #: the mailet container adds Delivered-To (AddDeliveredToHeader): a single-recipient
+    #: mail's spool file starts with it, so that its mailbox still gets a hard link
+    delivered_to: bool = False
 
 
 class Editable(Protocol):
@@ -110,6 +114,7 @@ class Session:
         self._writer: SpoolWriter | None = None
         self._mail: MailFrom | None = None
         self._failed: OSError | None = None  # spool write failed during this message
+        self._delivered_to = ""  # the spool file of this message starts with it
         self.messages = 0  # accepted, for the connection's log line
         self.recipients = 0
         #: a hook asked to close the connection after the reply being decided
@@ -334,6 +339,13 @@ class Session:
         try:
             writer = self.ctx.spool.begin()
             self._writer = writer
+            rcpts = self.info.recipients
+            self._delivered_to = ""
+            if self.ctx.delivered_to and self.ctx.protocol == "SMTP" and len(rcpts) == 1:
+                # the Delivered-To that AddDeliveredToHeader would add (the container hides
+                # it unless the mailbox of exactly this recipient gets the file as it is)
+                self._delivered_to = rcpts[0]
+                writer.write(format_field("Delivered-To", rcpts[0]))
             writer.write(self._trace_headers(writer.queue_id))
             self._trace_size = writer.size
             wanted = self.ctx.hooks.wants("on_message") or self._submission()
@@ -385,6 +397,7 @@ class Session:
             # the mailet container's SMTPAuthSuccessful / SMTPIsAuthNetwork (relay-allowed)
             auth_user=info.authenticated_user or "",
             auth_network=info.trusted_network,
+            delivered_to=self._delivered_to,
         )
         try:
             await writer.commit(envelope)
