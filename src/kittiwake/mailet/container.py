@@ -389,7 +389,12 @@ class MailetDeliverer:
                     # a mailet's new mail whose parent may still run again (enqueue.py)
                     held[n] = [
                         Outcome(
-                            t.index, t.recipient, Status.DEFERRED, "4.3.0", "", "held for its parent"
+                            t.index,
+                            t.recipient,
+                            Status.DEFERRED,
+                            "4.3.0",
+                            "",
+                            "held for its parent",
                         )
                         for t in job.targets
                     ]
