@@ -164,6 +164,9 @@ def test_authenticated_submission_relayed_by_mx(relay: Relay) -> None:
     sender, rcpts, data = relay.sink.wait(f"carol@{REMOTE}")
     assert sender == ALICE and rcpts == [f"carol@{REMOTE}"]
     assert b"Subject: relayed\r\n" in data and b"hello" in data
+    # the session pre-writes a single recipient's Delivered-To into the spool file for
+    # local delivery; a relayed copy (even hard-linked into outgoing) never carries it
+    assert b"Delivered-To" not in data
     assert relay.sink.helos and relay.sink.helos[-1] == "mx.kittiwake.test"
     assert relay.sink.tls == [True]  # STARTTLS was offered, so it was used
     deadline = time.monotonic() + 5

@@ -457,7 +457,11 @@ class RemoteDelivery(Mailet):
         except BaseException:
             self.pool.discard(conn)
             raise
-        if reusable:
+        # Kept only after a transaction the server took something from: a server that
+        # refused every recipient may do so by a policy it reads per session (Postfix's
+        # smtpd keeps its lookup tables for the whole session), and the retry must meet
+        # a fresh session, as Postfix's own client caches only sessions that went well.
+        if reusable and isinstance(outcome, Result) and outcome.delivered:
             self.pool.put_back(conn)
         else:
             self.pool.discard(conn)
