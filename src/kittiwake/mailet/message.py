@@ -100,15 +100,21 @@ class Message:
             return fields
         assert self.path is not None
         buf = b""
-        with open(self.path, "rb") as fh:
+        # os.open/os.read rather than open(): three system calls instead of six or
+        # seven (no fstat, isatty ioctl, lseek) for the usual header under 16 KB; each
+        # one is also a GIL hand-off for the delivery thread.
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
             while True:
-                chunk = fh.read(_CHUNK)
+                chunk = os.read(fd, _CHUNK)
                 buf += chunk
                 try:
                     self._parse(buf, whole=not chunk)
                     break
                 except _NeedMore:
                     continue
+        finally:
+            os.close(fd)
         assert self._fields is not None
         return self._fields
 
