@@ -136,10 +136,20 @@ class ContainerContext:
         )
 
     def is_local_email(self, address: str) -> bool:
-        return self._mailbox_of(address) is not None
+        return self.mailbox_of(address) is not None
 
     def mailbox_of(self, address: str) -> str | None:
-        return self._mailbox_of(address)
+        # Within a batch, answers are kept (and seeded with the mailboxes the spool
+        # runner resolved moments before): the default flow asks for each recipient
+        # twice (RecipientIsLocal, LocalDelivery), each a walk through the stores.
+        cache: dict[str, str | None] | None = getattr(self._current, "mailboxes", None)
+        if cache is None:
+            return self._mailbox_of(address)
+        try:
+            return cache[address]
+        except KeyError:
+            box = cache[address] = self._mailbox_of(address)
+            return box
 
     def rewrite_table(self) -> RewriteTable:
         return self._rewrite_table()
@@ -329,15 +339,24 @@ class MailetDeliverer:
             mailet.destroy()
 
     def deliver(self, jobs: Sequence[DeliveryJob]) -> list[list[Outcome]]:
-        runs: list[_Run] = []
-        for job in jobs:
-            with self._lock:
-                again = job.queue_id in self._attempted
-                self._attempted.add(job.queue_id)
-            run = _Run(job, job.envelope, job.recovered or again)
-            runs.append(run)
-            self._process(run)
-        self._deliver_local(runs)
+        current = self.context._current
+        # None in a target means "not resolved" as well as "no mailbox": only known
+        # mailboxes are seeded.
+        current.mailboxes = {
+            t.recipient: t.mailbox for job in jobs for t in job.targets if t.mailbox is not None
+        }
+        try:
+            runs: list[_Run] = []
+            for job in jobs:
+                with self._lock:
+                    again = job.queue_id in self._attempted
+                    self._attempted.add(job.queue_id)
+                run = _Run(job, job.envelope, job.recovered or again)
+                runs.append(run)
+                self._process(run)
+            self._deliver_local(runs)
+        finally:
+            current.mailboxes = None
         results = [self._outcomes(run) for run in runs]
         with self._lock:
             for job, outcomes in zip(jobs, results, strict=True):

@@ -13,6 +13,7 @@ that an untouched field is written back byte for byte.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 __all__ = ["Message", "format_field"]
 
@@ -42,6 +43,31 @@ def _split_fields(block: bytes) -> list[bytes]:
 def _field_name(raw: bytes) -> str:
     name, sep, _ = raw.partition(b":")
     return name.strip().decode("ascii", "replace").lower() if sep else ""
+
+
+def _matcher(name: str) -> Callable[[bytes], bool]:
+    """A test for "this raw field is called ``name``" (case-insensitive), equal to
+    ``_field_name(raw) == name.lower()``. The usual field, ``Name:`` with the colon
+    right after the name, is recognised on its bytes, without decoding anything: the
+    default flow checks every field of every message twice (RelayLimit counts
+    ``Received``, RemoveMimeHeader looks for ``Bcc``)."""
+    key = name.lower()
+    try:
+        prefix = (key + ":").encode("ascii")
+    except UnicodeEncodeError:
+        prefix = b""
+    if not prefix or key != key.strip():
+        return lambda raw: _field_name(raw) == key
+    n = len(prefix) - 1
+
+    def named(raw: bytes) -> bool:
+        head = raw[: n + 1].lower()
+        if head == prefix:
+            return True
+        # "Name :" (obsolete syntax, RFC 5322 4.5.2) and the like: the careful way
+        return head[:n] == prefix[:n] and _field_name(raw) == key
+
+    return named
 
 
 def _field_value(raw: bytes) -> str:
@@ -124,8 +150,8 @@ class Message:
 
     def get_all(self, name: str) -> list[str]:
         """The values of every field called ``name`` (case-insensitive)."""
-        key = name.lower()
-        return [_field_value(f) for f in self._load() if _field_name(f) == key]
+        named = _matcher(name)
+        return [_field_value(f) for f in self._load() if named(f)]
 
     def get(self, name: str) -> str | None:
         """The first value of ``name``, None if absent."""
@@ -133,12 +159,12 @@ class Message:
         return values[0] if values else None
 
     def has(self, name: str) -> bool:
-        key = name.lower()
-        return any(_field_name(f) == key for f in self._load())
+        named = _matcher(name)
+        return any(named(f) for f in self._load())
 
     def count(self, name: str) -> int:
-        key = name.lower()
-        return sum(1 for f in self._load() if _field_name(f) == key)
+        named = _matcher(name)
+        return sum(1 for f in self._load() if named(f))
 
     # -- changing --------------------------------------------------------------
 
@@ -175,8 +201,8 @@ class Message:
     def remove_header(self, name: str) -> bool:
         """Remove every ``name`` field; True if there was one."""
         fields = self._load()
-        key = name.lower()
-        kept = [f for f in fields if _field_name(f) != key]
+        named = _matcher(name)
+        kept = [f for f in fields if not named(f)]
         if len(kept) == len(fields):
             return False
         self._fields = kept
