@@ -148,13 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kittiwake-args", default="")
     p.add_argument("--smtp-source", default="/usr/sbin/smtp-source")
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--workdir", help="where round directories go (default: a new one in $TMPDIR)")
     args = p.parse_args(argv)
     specs: list[ServerSpec] = []
     if args.servers in ("both", "aiosmtpd"):
         specs.append(aiosmtpd_spec([]))
     if args.servers in ("both", "kittiwake"):
         specs.append(kittiwake_spec(args.kittiwake, shlex.split(args.kittiwake_args)))
-    base = Path(tempfile.mkdtemp(prefix="kittiwake-cpu-"))
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="kittiwake-cpu-", dir=args.workdir))
     try:
         for spec in specs:
             totals: list[float] = []
