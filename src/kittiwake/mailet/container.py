@@ -161,10 +161,20 @@ class ContainerContext:
         )
 
     def is_local_email(self, address: str) -> bool:
-        return self._mailbox_of(address) is not None
+        return self.mailbox_of(address) is not None
 
     def mailbox_of(self, address: str) -> str | None:
-        return self._mailbox_of(address)
+        # Within a batch, answers are kept (and seeded with the mailboxes the spool
+        # runner resolved moments before): the default flow asks for each recipient
+        # twice (RecipientIsLocal, LocalDelivery), each a walk through the stores.
+        cache: dict[str, str | None] | None = getattr(self._current, "mailboxes", None)
+        if cache is None:
+            return self._mailbox_of(address)
+        try:
+            return cache[address]
+        except KeyError:
+            box = cache[address] = self._mailbox_of(address)
+            return box
 
     def rewrite_table(self) -> RewriteTable:
         return self._rewrite_table()
@@ -378,46 +388,55 @@ class MailetDeliverer:
         self.failures.close()
 
     def deliver(self, jobs: Sequence[DeliveryJob]) -> list[list[Outcome]]:
-        runs: list[_Run] = []
-        held: dict[int, list[Outcome]] = {}
-        enqueuer = self.context.enqueuer
-        # One group commit for every repository store of the batch (RemoteDelivery's
-        # outgoing queue above all): the spool entries go only after this returns.
-        with deferred_sync():
-            for n, job in enumerate(jobs):
-                if enqueuer is not None and not enqueuer.may_process(job):
-                    # a mailet's new mail whose parent may still run again (enqueue.py)
-                    held[n] = [
-                        Outcome(
-                            t.index,
-                            t.recipient,
-                            Status.DEFERRED,
-                            "4.3.0",
-                            "",
-                            "held for its parent",
-                        )
-                        for t in job.targets
-                    ]
-                    continue
-                with self._lock:
-                    again = job.queue_id in self._attempted
-                    self._attempted.add(job.queue_id)
-                runs.append(_Run(job, job.envelope, job.recovered or again))
-            failures = self.failures
-            for run in runs:
-                n = failures.count(run.job)
-                if n >= MAXIMUM_FAILURE_COUNT:
-                    self._give_up(run, n, "the process died while processing it")
-                    continue
-                # a death while this mail is in the container counts as its failure (not
-                # the other mails' of the batch: one poisonous mail must not take them along)
-                failures.begin(run.job)
-                try:
-                    self._process(run)
-                finally:
-                    failures.end(run.job)
-            failures.flush()
-        self._deliver_local(runs)
+        current = self.context._current
+        # None in a target means "not resolved" as well as "no mailbox": only known
+        # mailboxes are seeded.
+        current.mailboxes = {
+            t.recipient: t.mailbox for job in jobs for t in job.targets if t.mailbox is not None
+        }
+        try:
+            runs: list[_Run] = []
+            held: dict[int, list[Outcome]] = {}
+            enqueuer = self.context.enqueuer
+            # One group commit for every repository store of the batch (RemoteDelivery's
+            # outgoing queue above all): the spool entries go only after this returns.
+            with deferred_sync():
+                for n, job in enumerate(jobs):
+                    if enqueuer is not None and not enqueuer.may_process(job):
+                        # a mailet's new mail whose parent may still run again (enqueue.py)
+                        held[n] = [
+                            Outcome(
+                                t.index,
+                                t.recipient,
+                                Status.DEFERRED,
+                                "4.3.0",
+                                "",
+                                "held for its parent",
+                            )
+                            for t in job.targets
+                        ]
+                        continue
+                    with self._lock:
+                        again = job.queue_id in self._attempted
+                        self._attempted.add(job.queue_id)
+                    runs.append(_Run(job, job.envelope, job.recovered or again))
+                failures = self.failures
+                for run in runs:
+                    n = failures.count(run.job)
+                    if n >= MAXIMUM_FAILURE_COUNT:
+                        self._give_up(run, n, "the process died while processing it")
+                        continue
+                    # a death while this mail is in the container counts as its failure (not
+                    # the other mails' of the batch: one poisonous mail must not take them along)
+                    failures.begin(run.job)
+                    try:
+                        self._process(run)
+                    finally:
+                        failures.end(run.job)
+                failures.flush()
+            self._deliver_local(runs)
+        finally:
+            current.mailboxes = None
         done = iter([self._outcomes(run) for run in runs])
         results = [held[n] if n in held else next(done) for n in range(len(jobs))]
         with self._lock:

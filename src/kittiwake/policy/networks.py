@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 
 __all__ = [
     "InvalidNetwork",
@@ -156,10 +157,20 @@ def client_is_trusted(client_ip: str, networks: Iterable[Network]) -> bool:
 
     An unparsable address (a Unix socket's empty peer name) is never trusted.
     """
+    ip = _client_address(client_ip)
+    if ip is None:
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+# Parsing an address took a tenth of a connection's setup on the event loop; clients
+# reconnect from the same few addresses, so keep the parsed ones (bounded).
+@lru_cache(maxsize=1024)
+def _client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         ip = ipaddress.ip_address(client_ip.partition("%")[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)
+        return ip.ipv4_mapped
+    return ip

@@ -96,6 +96,8 @@ def parse_path(
 
 def _closing_bracket(text: str) -> int:
     """Index of the ``>`` closing the path, skipping quoted strings."""
+    if '"' not in text:
+        return text.find(">", 1)  # the usual path: no quoted local part to skip
     quoted = False
     i = 1
     while i < len(text):

@@ -40,6 +40,10 @@ class State(Enum):
     AUTH = auto()  # a SASL exchange after 334: each line is a response, not a command
     CLOSED = auto()
 
+    # Enum's own __hash__ is Python code (hash of the name), run on every lookup in
+    # TRANSITIONS; members are singletons, so the identity hash (C) is equivalent.
+    __hash__ = object.__hash__
+
 
 # (state, verb) -> state after a positive reply. "MAIL!" is MAIL before HELO where
 # heloEhloEnforcement is off; see ServerConnection._sequence.

@@ -122,6 +122,11 @@ class ServerConnection:
         self._tx_rcpts: list[str] = []  # accepted, in order: LMTP names them in replies
         self._tx_size = 0
         self._tx_too_big = False
+        # Octets a line may have, CRLF included: maxLineLength, and at least
+        # SASL_LINE_MINIMUM where an AUTH line may come (the command itself is checked
+        # against maxLineLength once its verb is known). Fixed: settings are frozen.
+        limit = settings.max_line_length
+        self._limit = max(limit, SASL_LINE_MINIMUM) if settings.auth else limit
 
     # ---- properties ---------------------------------------------------------------
 
@@ -179,7 +184,7 @@ class ServerConnection:
         return self.data_to_send()
 
     def _close(self, reply: Reply | None) -> None:
-        if reply is not None and not self.closed:
+        if reply is not None and self.state is not State.CLOSED:
             self._out.append(reply.to_bytes())
         self.state = State.CLOSED
 
@@ -187,7 +192,7 @@ class ServerConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` means the client closed its side."""
-        if self.closed:
+        if self.state is State.CLOSED:
             return
         if data and self.state is State.TLS_HANDSHAKE:
             # Sent in clear text after STARTTLS's 220: never executed (CVE-2011-0411).
@@ -216,7 +221,7 @@ class ServerConnection:
         """
         if self._pending is not None:
             raise LocalProtocolError(f"answer {self._pending!r} before reading on")
-        while not self.closed:
+        while self.state is not State.CLOSED:  # not self.closed: a property call per loop
             in_message = self.state in (State.DATA, State.CHUNKING)  # also between chunks
             try:
                 event = self._step()
@@ -249,7 +254,7 @@ class ServerConnection:
                 self.state = State.CLOSED
                 if chunking:
                     return MessageAborted("connection closed during BDAT")
-            return NEED_DATA if not self.closed else None
+            return NEED_DATA if self.state is not State.CLOSED else None
         if reader is _Reader.DISCARD_LINE:
             self._reader = _Reader.COMMAND
             if self.state is State.AUTH:
@@ -259,12 +264,12 @@ class ServerConnection:
                 self._reply(R.LINE_TOO_LONG)  # now that the line ended cleanly
             return None
         if self.state is State.AUTH:
-            if len(line) > self._line_limit():
+            if len(line) > self._limit:
                 self.state = State.GREETED
                 self._reply(R.AUTH_LINE_TOO_LONG)
                 return None
             return AuthResponse(line[:-2].decode("latin-1"))
-        if len(line) > self._line_limit() or (
+        if len(line) > self._limit or (
             len(line) > self.settings.max_line_length
             and not (self.settings.auth and line[:5].upper() == b"AUTH ")
         ):
@@ -288,7 +293,7 @@ class ServerConnection:
             # A CR not followed by LF is bare now, however the line was cut into reads.
             if buf.find(b"\r", 0, len(buf) - 1) >= 0:
                 raise RemoteProtocolError(R.BARE_LINE_ENDING)
-            limit = self._line_limit()
+            limit = self._limit
             if len(buf) > limit:
                 # Over-long line still coming: drop it up to its CRLF and answer then, as
                 # when it arrives whole (a bare CR or LF in it closes either way).
@@ -302,13 +307,6 @@ class ServerConnection:
         line = bytes(buf[: lf + 1])
         del buf[: lf + 1]
         return line
-
-    def _line_limit(self) -> int:
-        """Octets a line may have, CRLF included: maxLineLength, and at least
-        :data:`SASL_LINE_MINIMUM` where an AUTH line may come (the command itself is
-        checked against maxLineLength once its verb is known)."""
-        limit = self.settings.max_line_length
-        return max(limit, SASL_LINE_MINIMUM) if self.settings.auth else limit
 
     # ---- commands -----------------------------------------------------------------
 

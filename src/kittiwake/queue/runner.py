@@ -60,6 +60,7 @@ class SpoolRunner:
         retry_base: float = 1.0,
         retry_max: float = 300.0,
         is_remote: Callable[[str], bool] | None = None,
+        gather_delay: float = 0.005,
     ) -> None:
         """Args:
         spool: an open spool.
@@ -73,6 +74,8 @@ class SpoolRunner:
         retry_max: longest wait between retries.
         is_remote: recipient address -> it is for another host (kept in the spool for
             RemoteDelivery); None = every recipient is local.
+        gather_delay: seconds an idle worker waits after the first entry is ready, so
+            that the entries committed meanwhile share its batch (0: none).
         """
         self.spool = spool
         self.deliverer = deliverer
@@ -83,6 +86,7 @@ class SpoolRunner:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.is_remote = is_remote
+        self.gather_delay = gather_delay
         #: messages waiting only for RemoteDelivery: queue id -> entry (kept in the spool)
         self.held: dict[str, SpoolEntry] = {}
         self._ready: list[SpoolEntry] = []
@@ -193,7 +197,13 @@ class SpoolRunner:
                         async with asyncio.timeout(self._timeout()):
                             await self._wakeup.wait()
                     except TimeoutError:
-                        pass
+                        continue
+                    if self.gather_delay and not self._stopping:
+                        # Woken by a commit: let a few more land before taking the
+                        # batch. A batch costs a thread hand-off, a new/ fsync and a
+                        # journal write whatever its size, and under load an idle
+                        # worker was woken for nearly every single message.
+                        await asyncio.sleep(self.gather_delay)
                     continue
             batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size :]
             if self._ready:

@@ -19,10 +19,12 @@ the spool does (file creation alone is ~30 µs of kernel time, and each fsync mo
 Commit, in a worker thread (the event loop never waits on the disk):
 
 1. create the data file if it is still only in memory (a small message is written in
-   one go at commit; a large one spills to the file as it streams), ``fsync`` it;
+   one go at commit, with ``O_DSYNC``: durable when the write returns); a large one
+   spilled to its file as it streamed, and is ``fsync``-ed now;
 2. queue its record for the next group flush, and wait for that flush, which does:
    ``fsync(NN/)`` (the names of every data file committed so far are durable), one
-   ``write`` of all queued records, ``fdatasync`` of the segment.
+   ``write`` of all queued records to the segment, opened ``O_DSYNC`` (the write
+   returns once the records are on disk, as ``write`` + ``fdatasync`` would).
 
 The record is the commit point. A crash before it leaves a data file without a record
 (removed by recovery); a crash in the middle of it leaves a torn record (skipped:
@@ -271,9 +273,17 @@ class Spool:
         """Write (if still in memory) and fsync the data file."""
         fd, commit.fd = commit.fd, -1
         try:
+            if fd < 0 and commit.data:
+                # O_DSYNC: the write returns once the data and the size are on disk,
+                # as after fdatasync (what a new file needs; its name is made durable
+                # by the flush's directory fsync). One system call fewer per message,
+                # and so one GIL hand-off fewer for this thread.
+                fd = os.open(commit.entry.data_path, O_NEW | os.O_DSYNC, 0o600)
+                write_all(fd, commit.data)
+                return
             if fd < 0:
                 fd = os.open(commit.entry.data_path, O_NEW, 0o600)
-            if commit.data:
+            elif commit.data:
                 write_all(fd, commit.data)
             os.fsync(fd)
         finally:
@@ -307,8 +317,7 @@ class Spool:
         os.fsync(self._dir_fd)
         offset = self._seg_size
         try:
-            _pwrite_all(self._seg_fd, payload, offset)
-            os.fdatasync(self._seg_fd)
+            _pwrite_all(self._seg_fd, payload, offset)  # O_DSYNC: durable on return
         except BaseException:
             # A partial append is harmless (records are checksummed, start with "\n"),
             # but cut it off if we can, and start a fresh segment next time: after a
@@ -348,7 +357,10 @@ class Spool:
         record sits in a segment older than the one just closed)."""
         previous = primary.current
         number = primary.last_segment + 1
-        fd = os.open(primary.segment_path(number), O_NEW, 0o600)
+        # O_DSYNC: each append returns once it is on disk, as write + fdatasync did, in
+        # one system call (a flush holds one message most of the time: measured 1.1
+        # flushes per message at 20 sessions).
+        fd = os.open(primary.segment_path(number), O_NEW | os.O_DSYNC, 0o600)
         if self._seg_fd >= 0:
             os.close(self._seg_fd)
         self._seg_fd, self._seg_size, self._seg_broken = fd, 0, False

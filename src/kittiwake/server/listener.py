@@ -126,6 +126,9 @@ class Connection(asyncio.Protocol):
         # data_received have come through TLS (clear text after the 220 went to the TLS
         # layer and failed the handshake): kept here, fed to the core after tls_started.
         self._after_handshake: bytearray | None = None
+        # Python 3.11's get_running_loop() makes a getpid() system call (a fork check)
+        # each time; a session asked about ten times per message.
+        self._loop = asyncio.get_running_loop()
 
     # ---- asyncio.Protocol callbacks -------------------------------------------------
 
@@ -159,7 +162,7 @@ class Connection(asyncio.Protocol):
         )
         self.session = self.listener.session_factory(self.listener.ctx, info)
         # the greeting comes from _run, after the connect hooks (they may refuse)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = self._loop.create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
         if self._after_handshake is not None:
@@ -192,7 +195,7 @@ class Connection(asyncio.Protocol):
             self._drain.set_result(None)
 
     def pause_writing(self) -> None:
-        self._drain = asyncio.get_running_loop().create_future()
+        self._drain = self._loop.create_future()
 
     def resume_writing(self) -> None:
         if self._drain is not None and not self._drain.done():
@@ -331,7 +334,7 @@ class Connection(asyncio.Protocol):
 
     async def _wait_for_data(self, timeout: float) -> bool:
         """Wait until the client sends something; False on timeout."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._waiter = waiter = loop.create_future()
         handle = loop.call_later(timeout, _expire, waiter)
         try:

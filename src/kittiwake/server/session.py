@@ -495,7 +495,7 @@ class Session:
         info = self.info
         rcpts = info.recipients
         for_clause = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
-        date = format_datetime(datetime.now(UTC))
+        date = _received_date()
         text = (
             f"Return-Path: <{info.sender or ''}>\r\n"
             f"Received: from {info.helo or 'unknown'} ([{info.client_ip}])\r\n"
@@ -570,6 +570,20 @@ class Session:
 
 
 _NO_TRUST = SessionTrust(relay_allowed=False, auth_announced=False)
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _received_date() -> str:
+    """The Received header's date (RFC 5322 3.3), formatted once per second: the
+    email.utils formatting took ~12 us, a sizeable part of a message's own work on
+    the event loop."""
+    global _date_cache
+    now = time.time()
+    second, text = _date_cache
+    if int(now) != second:
+        text = format_datetime(datetime.fromtimestamp(int(now), UTC))
+        _date_cache = (int(now), text)
+    return text
 
 
 def _declared_size(mail: MailFrom | None) -> int:

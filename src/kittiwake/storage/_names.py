@@ -11,6 +11,7 @@ here is safe to join onto a path.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from kittiwake.policy.names import InvalidName, canonical_address, canonical_domain
 
@@ -43,6 +44,10 @@ def _check_domain(key: str, whole: str) -> None:
         raise InvalidName(whole)
 
 
+# Both keys are pure functions of their argument, asked for several times per message
+# (RCPT, verifyIdentity, delivery): cached, they cost a dict lookup. Bounded, as the
+# names come from clients. A name that raises is not cached (and stays refused).
+@lru_cache(maxsize=4096)
 def domain_key(domain: str) -> str:
     """Return the stored form of ``domain``: its canonical A-label form, checked safe.
 
@@ -60,6 +65,7 @@ def domain_key(domain: str) -> str:
     return key
 
 
+@lru_cache(maxsize=4096)
 def user_key(username: str) -> str:
     """Return the stored form of a user name (a full address ``local@domain``).
 
