@@ -112,6 +112,10 @@ class ListenerReader:
         self.greeting: str | None = None
         self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
         self.handlers: tuple[HandlerConfig, ...] = ()
+        self.defaults()
+
+    def defaults(self) -> None:
+        """Set the defaults of a protocol's own options."""
 
     def options(self) -> list[tuple[str, ET.Element]]:
         """(path, element) for each option, in document order."""

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from kittiwake.config import _security as security
 from kittiwake.config._errors import Findings, Invalid, Problem
-from kittiwake.config._handlerchain import option_node
+from kittiwake.config._handlerchain import handler_elements, option_node
 from kittiwake.config._listener import COMMON_OPTIONS, ListenerReader, server_elements
 from kittiwake.config._values import HostLookup, parse_binds, parse_bool
 from kittiwake.config.model import Bind, HandlerConfig, ListenerConfig, Protocol
@@ -138,15 +138,7 @@ class _LmtpListener(ListenerReader):
     once = _ONCE
     known_by_lower = _KNOWN_BY_LOWER
 
-    def __init__(
-        self,
-        element: ET.Element,
-        name: str,
-        host: HostLookup,
-        f: Findings,
-        conf_dir: Path = Path("."),
-    ) -> None:
-        super().__init__(element, name, host, f, conf_dir)
+    def defaults(self) -> None:
         self.binds: tuple[Bind, ...] = (DEFAULT_LMTP_BIND,)
         self.unix_sockets: tuple[str, ...] = ()
 
@@ -195,14 +187,7 @@ def _check_handlerchain(
         elif name not in ("coreHandlersPackage", "jmxHandlersPackage"):
             gate.harmless(attr_path, "unknown attribute")
     handlers: list[HandlerConfig] = []
-    for child in element:
-        if not isinstance(child.tag, str):
-            continue
-        if child.tag != "handler":
-            gate.harmless(f"{path}/<{child.tag}>", "not a <handler>")
-            continue
-        cls = child.get("class", "").strip()
-        child_path = f'{path}/<handler class="{cls}">'
+    for cls, child, child_path in handler_elements(element, path, gate.findings):
         if cls == _LMTP_MAILETS:
             gate.refuse(child_path, _refusal(cls))
         elif cls == _LMTP_CORE:

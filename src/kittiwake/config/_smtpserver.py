@@ -81,16 +81,8 @@ class _Listener(ListenerReader):
     once = _ONCE
     known_by_lower = _KNOWN_BY_LOWER
 
-    def __init__(
-        self,
-        element: ET.Element,
-        name: str,
-        host: HostLookup,
-        f: Findings,
-        conf_dir: Path = Path("."),
-    ) -> None:
-        super().__init__(element, name, host, f, conf_dir)
-        self.auth = AuthReader(self.gate, host.resolve)  # replaced in before_options()
+    def defaults(self) -> None:
+        self.auth = AuthReader(self.gate, self.host.resolve)  # replaced in before_options()
         self.old_layout = False
         self.bind_text: tuple[str, str] | None = None  # (text, path)
         self.port: int | None = None
