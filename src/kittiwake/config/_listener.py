@@ -34,7 +34,7 @@ __all__ = [
     "ListenerReader",
     "autodetected_hello_name",
     "printable_token",
-    "server_elements",
+    "read_listeners",
 ]
 
 
@@ -51,7 +51,25 @@ def printable_token(text: str) -> bool:
     return all(33 <= ord(ch) <= 126 for ch in text) if text.isascii() else False
 
 
-def server_elements(path: Path, file: str, tag: str, findings: Findings) -> list[ET.Element]:
+def read_listeners(
+    reader: type[ListenerReader], path: Path, file: str, host: HostLookup, findings: Findings
+) -> list[ListenerConfig]:
+    """Read every ``<reader.tag>`` of ``path``; disabled ones are checked and left out.
+
+    Raises:
+        ConfigError: not well-formed, or the root is neither ``<tag>s`` nor ``<tag>``.
+            Value problems go into ``findings``.
+    """
+    listeners = []
+    for index, element in enumerate(_server_elements(path, file, reader.tag, findings), 1):
+        name = reader.default_name(index)
+        listener = reader(element, name, host, findings, path.parent).read()
+        if listener.enabled:
+            listeners.append(listener)
+    return listeners
+
+
+def _server_elements(path: Path, file: str, tag: str, findings: Findings) -> list[ET.Element]:
     """The ``<tag>`` elements of ``path``: the children of ``<tag>s``, or a bare ``<tag>`` root.
 
     Raises:
@@ -113,6 +131,11 @@ class ListenerReader:
         self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
         self.handlers: tuple[HandlerConfig, ...] = ()
         self.defaults()
+
+    @classmethod
+    def default_name(cls, index: int) -> str:
+        """The name of the ``index``-th listener (from 1) when it has no ``jmxName``."""
+        return f"{cls.tag}-{index}"
 
     def defaults(self) -> None:
         """Set the defaults of a protocol's own options."""

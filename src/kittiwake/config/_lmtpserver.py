@@ -32,7 +32,7 @@ from pathlib import Path
 from kittiwake.config import _security as security
 from kittiwake.config._errors import Findings, Invalid, Problem
 from kittiwake.config._handlerchain import handler_elements, option_node
-from kittiwake.config._listener import COMMON_OPTIONS, ListenerReader, server_elements
+from kittiwake.config._listener import COMMON_OPTIONS, ListenerReader, read_listeners
 from kittiwake.config._values import HostLookup, parse_binds, parse_bool
 from kittiwake.config.model import Bind, HandlerConfig, ListenerConfig, Protocol
 
@@ -65,13 +65,7 @@ def read_lmtpserver(path: Path, host: HostLookup, findings: Findings) -> list[Li
         ConfigError: not well-formed, or the root is neither ``<lmtpservers>`` nor
             ``<lmtpserver>``. Value problems go into ``findings``.
     """
-    listeners = []
-    for index, element in enumerate(server_elements(path, FILE, "lmtpserver", findings), 1):
-        name = "lmtpserver" if index == 1 else f"lmtpserver-{index}"
-        listener = _LmtpListener(element, name, host, findings, path.parent).read()
-        if listener.enabled:
-            listeners.append(listener)
-    return listeners
+    return read_listeners(_LmtpListener, path, FILE, host, findings)
 
 
 def check_lmtp_listeners(
@@ -137,6 +131,10 @@ class _LmtpListener(ListenerReader):
     greeting_tag = "lmtpGreeting"
     once = _ONCE
     known_by_lower = _KNOWN_BY_LOWER
+
+    @classmethod
+    def default_name(cls, index: int) -> str:
+        return "lmtpserver" if index == 1 else f"lmtpserver-{index}"
 
     def defaults(self) -> None:
         self.binds: tuple[Bind, ...] = (DEFAULT_LMTP_BIND,)

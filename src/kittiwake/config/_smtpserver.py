@@ -30,7 +30,7 @@ from kittiwake.config._listener import (
     COMMON_OPTIONS,
     ListenerReader,
     autodetected_hello_name,
-    server_elements,
+    read_listeners,
 )
 from kittiwake.config._values import HostLookup, parse_address, parse_binds, parse_bool, parse_int
 from kittiwake.config._xml import note_attributes
@@ -64,12 +64,7 @@ def read_smtpserver(path: Path, host: HostLookup, findings: Findings) -> list[Li
         ConfigError: not well-formed, or the root is neither ``<smtpservers>`` nor
             ``<smtpserver>``. Value problems go into ``findings``.
     """
-    listeners = []
-    for index, element in enumerate(server_elements(path, FILE, "smtpserver", findings), 1):
-        listener = _Listener(element, f"smtpserver-{index}", host, findings, path.parent).read()
-        if listener.enabled:
-            listeners.append(listener)
-    return listeners
+    return read_listeners(_Listener, path, FILE, host, findings)
 
 
 class _Listener(ListenerReader):
