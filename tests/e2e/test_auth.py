@@ -24,6 +24,7 @@ import pytest
 from kittiwake.tls import generate_self_signed
 
 from .conftest import DOMAINLIST, Kittiwake, free_port, wait_for_port
+from .raw_smtp import RawSmtp
 from .test_tls import need
 
 HELLO = "mx.kittiwake.test"
@@ -155,31 +156,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     assert srv.kw.stop() == 0, srv.kw.log_text()[-3000:]
 
 
-class Client:
+class Client(RawSmtp):
     """A raw SMTP client: exact octets, one reply at a time, STARTTLS and TLS."""
 
     def __init__(self, port: int, *, source: str = "127.0.0.1", tls: bool = False) -> None:
         raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
-        self.sock: socket.socket = _ctx().wrap_socket(raw) if tls else raw
-        self.buf = b""
+        super().__init__(_ctx().wrap_socket(raw) if tls else raw)
         self.greeting = self.reply()
 
     def reply(self) -> str:
-        while True:
-            lines = self.buf.split(b"\r\n")
-            for i, line in enumerate(lines[:-1]):
-                if len(line) >= 4 and line[3:4] == b" ":
-                    out = b"\r\n".join(lines[: i + 1])
-                    self.buf = b"\r\n".join(lines[i + 1 :])
-                    return out.decode()
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return ""
-            self.buf += chunk
-
-    def cmd(self, line: str) -> str:
-        self.sock.sendall(line.encode() + b"\r\n")
-        return self.reply()
+        return self.read_text()
 
     def ehlo(self, name: str = "client.example") -> list[str]:
         return [line[4:] for line in self.cmd(f"EHLO {name}").splitlines()]

@@ -19,6 +19,7 @@ import pytest
 from kw_dns import TestDns
 
 from .conftest import DOMAINLIST, Kittiwake, free_port
+from .raw_smtp import RawSmtp
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -161,29 +162,17 @@ class Permissive(Hook):
 '''
 
 
-class Client:
+class Client(RawSmtp):
     """A raw SMTP client from a chosen loopback address."""
 
+    reset_is_eof = True
+
     def __init__(self, port: int, source: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), 10, (source, 0))
-        self.buf = b""
+        super().__init__(socket.create_connection(("127.0.0.1", port), 10, (source, 0)))
         self.greeting = self.reply()
 
     def reply(self, timeout: float = 10.0) -> str:
-        self.sock.settimeout(timeout)
-        while True:
-            lines = self.buf.split(b"\r\n")
-            for i, line in enumerate(lines[:-1]):
-                if len(line) >= 4 and line[3:4] == b" ":
-                    self.buf = b"\r\n".join(lines[i + 1 :])
-                    return b"\r\n".join(lines[: i + 1]).decode()
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                return ""
-            self.buf += chunk
+        return self.read_text(timeout)
 
     def cmd(self, line: str) -> str:
         self.sock.sendall(line.encode() + b"\r\n")
@@ -196,16 +185,6 @@ class Client:
         assert self.cmd("DATA").startswith("354"), "DATA refused"
         self.sock.sendall(text.replace("\n", "\r\n").encode() + b"\r\n.\r\n")
         return self.reply()
-
-    def closed(self) -> bool:
-        self.sock.settimeout(5)
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Handlers:

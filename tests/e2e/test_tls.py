@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from kittiwake.tls import generate_self_signed
 
 from .conftest import DOMAINLIST, KITTIWAKE, Kittiwake, free_port, wait_for_port
+from .raw_smtp import RawSmtp
 
 HELLO = "mx.kittiwake.test"
 ALICE = "alice@kittiwake.test"
@@ -147,29 +148,18 @@ def client_context(ca: Path | None = None) -> ssl.SSLContext:
     return ctx
 
 
-class Wire:
+class Wire(RawSmtp):
     """A raw client: plain socket, wrapped in TLS on demand."""
 
     def __init__(self, port: int, *, tls: ssl.SSLContext | None = None) -> None:
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock: socket.socket = tls.wrap_socket(raw, server_hostname="127.0.0.1") if tls else raw
-        self.buf = b""
+        super().__init__(tls.wrap_socket(raw, server_hostname="127.0.0.1") if tls else raw)
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
     def reply(self) -> bytes:
-        while True:
-            lines = self.buf.split(b"\r\n")
-            for i, line in enumerate(lines[:-1]):
-                if len(line) >= 4 and line[3:4] == b" ":
-                    out = b"\r\n".join(lines[: i + 1]) + b"\r\n"
-                    self.buf = b"\r\n".join(lines[i + 1 :])
-                    return out
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return b""
-            self.buf += chunk
+        return self.read_reply()
 
     def starttls(self, ctx: ssl.SSLContext) -> None:
         assert not self.buf
@@ -187,9 +177,6 @@ class Wire:
             if not chunk:
                 return out
             out += chunk
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 MESSAGE = "From: me@example.net\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nhello over TLS\r\n"

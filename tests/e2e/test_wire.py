@@ -11,32 +11,21 @@ import pytest
 from kittiwake.queue.spool import list_spool
 
 from .conftest import Kittiwake, make_kittiwake
+from .raw_smtp import RawSmtp
 
 
-class Wire:
+class Wire(RawSmtp):
     """A raw SMTP client that reads whole replies."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
+        super().__init__(socket.create_connection(("127.0.0.1", port), timeout=10))
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
     def reply(self, timeout: float = 10.0) -> bytes:
         """One whole (possibly multi-line) reply, or b"" at EOF."""
-        self.sock.settimeout(timeout)
-        while True:
-            lines = self.buf.split(b"\r\n")
-            for i, line in enumerate(lines[:-1]):
-                if len(line) >= 4 and line[3:4] == b" ":
-                    out = b"\r\n".join(lines[: i + 1]) + b"\r\n"
-                    self.buf = b"\r\n".join(lines[i + 1 :])
-                    return out
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return b""
-            self.buf += chunk
+        return self.read_reply(timeout)
 
     def quiet(self, seconds: float) -> bytes:
         """Whatever arrives within ``seconds`` (expected: nothing)."""
@@ -45,16 +34,6 @@ class Wire:
             return self.sock.recv(65536)
         except TimeoutError:
             return b""
-
-    def closed(self) -> bool:
-        self.sock.settimeout(5)
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _open(kw: Kittiwake) -> Wire:

@@ -13,13 +13,14 @@ in; the two James core loaders are accepted and any other package is refused.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from kittiwake.config._errors import Findings, Invalid
 from kittiwake.config._values import parse_bool
 from kittiwake.config.model import HandlerConfig, OptionNode
 
-__all__ = ["CORE_LOADERS", "HandlerChain", "read_handlerchain"]
+__all__ = ["CORE_LOADERS", "HandlerChain", "handler_elements", "read_handlerchain"]
 
 _SMTP = "org.apache.james.smtpserver."
 #: coreHandlersPackage values: the core with AUTH, and the port-25 core without it.
@@ -46,6 +47,21 @@ def option_node(element: ET.Element) -> OptionNode:
         attributes=tuple(element.attrib.items()),
         children=tuple(option_node(child) for child in element if isinstance(child.tag, str)),
     )
+
+
+def handler_elements(
+    element: ET.Element, path: str, findings: Findings
+) -> Iterator[tuple[str, ET.Element, str]]:
+    """(class, element, path) of each ``<handler>`` of a chain, in order; anything else
+    in the chain is named as ignored."""
+    for child in element:
+        if not isinstance(child.tag, str):
+            continue  # a comment
+        if child.tag != "handler":
+            findings.ignored(f"{path}/<{child.tag}>", "not a <handler>")
+            continue
+        cls = child.get("class", "").strip()
+        yield cls, child, f'{path}/<handler class="{cls}">'
 
 
 def read_handlerchain(element: ET.Element, path: str, findings: Findings) -> HandlerChain:
@@ -84,14 +100,7 @@ def read_handlerchain(element: ET.Element, path: str, findings: Findings) -> Han
         else:
             findings.ignored(attr_path, "unknown attribute")
     handlers: list[HandlerConfig] = []
-    for child in element:
-        if not isinstance(child.tag, str):
-            continue
-        if child.tag != "handler":
-            findings.ignored(f"{path}/<{child.tag}>", "not a <handler>")
-            continue
-        cls = child.get("class", "").strip()
-        child_path = f'{path}/<handler class="{cls}">'
+    for cls, child, child_path in handler_elements(element, path, findings):
         if not cls:
             findings.error(child_path, "the class attribute is missing or empty")
             continue

@@ -6,15 +6,14 @@ listener. ``enabled="false"``: not started (its values are still checked); an el
 without the attribute is started, as in James (James's sample file ships
 ``enabled="false"``).
 
-Read: ``jmxName``, ``bind``, ``connectionBacklog``, ``connectiontimeout`` (seconds),
-``connectionLimit``, ``connectionLimitPerIP``, ``helloName``, ``lmtpGreeting``,
-``maxmessagesize``, ``tls`` (as for SMTP, ``_tls.py``: STARTTLS or implicit TLS),
-``proxyRequired`` (fail closed, see ``_security.py``) and ``handlerchain``: James's core
-LMTP loader (delivery into the mailboxes) plus handlers as for SMTP (hooks: fast-fail
-RCPT checks, message hooks; ``hooks/loader.py`` builds them); the mailet-container
-loader is refused. Options James
-reads only for SMTP (``smtpGreeting``, ``authRequired``, ``verifyIdentity``, ...) are
-named as ignored.
+Read: the options both protocols read (``_listener.py``: ``jmxName``,
+``connectionBacklog``, ``connectiontimeout`` in seconds, ``connectionLimit``,
+``connectionLimitPerIP``, ``helloName``, ``maxmessagesize``, ``tls`` as for SMTP),
+``lmtpGreeting``, ``bind``, ``proxyRequired`` (fail closed, see ``_security.py``) and
+``handlerchain``: James's core LMTP loader (delivery into the mailboxes) plus handlers
+as for SMTP (hooks: fast-fail RCPT checks, message hooks; ``hooks/loader.py`` builds
+them); the mailet-container loader is refused. Options James reads only for SMTP
+(``smtpGreeting``, ``authRequired``, ``verifyIdentity``, ...) are named as ignored.
 
 Where kittiwake's defaults differ from James's code: ``<bind>`` absent is ``127.0.0.1:24``
 (James: ``0.0.0.0:24``; LMTP has no authentication and must only be reachable by the MTA),
@@ -25,27 +24,17 @@ and ``maxmessagesize`` absent is 25 MiB as for SMTP (James: no limit). A ``<bind
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
 from kittiwake.config import _security as security
-from kittiwake.config._errors import ConfigError, Findings, Invalid, Problem
-from kittiwake.config._handlerchain import option_node
-from kittiwake.config._smtpserver import autodetected_hello_name
-from kittiwake.config._tls import read_listener_tls
-from kittiwake.config._values import HostLookup, parse_binds, parse_bool, parse_int, parse_size
-from kittiwake.config._xml import element_text, note_attributes, read_xml
-from kittiwake.config.model import (
-    DEFAULT_BACKLOG,
-    DEFAULT_CONNECTION_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    Bind,
-    HandlerConfig,
-    ListenerConfig,
-    Protocol,
-    TlsConfig,
-)
+from kittiwake.config._errors import Findings, Invalid, Problem
+from kittiwake.config._handlerchain import handler_elements, option_node
+from kittiwake.config._listener import COMMON_OPTIONS, ListenerReader, read_listeners
+from kittiwake.config._values import HostLookup, parse_binds, parse_bool
+from kittiwake.config.model import Bind, HandlerConfig, ListenerConfig, Protocol
 
 __all__ = ["DEFAULT_LMTP_BIND", "FILE", "check_lmtp_listeners", "read_lmtpserver"]
 
@@ -54,17 +43,14 @@ DEFAULT_LMTP_BIND = Bind("127.0.0.1", 24)
 _UNIX = "unix:"
 #: sun_path holds 108 bytes with the terminating NUL (Linux unix(7))
 _MAX_SOCKET_PATH = 107
-_VALUES = frozenset(
-    {"jmxName", "bind", "connectionBacklog", "connectiontimeout", "connectionLimit"}
-    | {"connectionLimitPerIP", "helloName", "lmtpGreeting", "maxmessagesize"}
-)
 _SECURITY = frozenset({"tls", "proxyRequired", "handlerchain"})
 #: read by James's SMTP server only; in an LMTP file they do nothing, in James as here
 _SMTP_ONLY = frozenset(
     {"smtpGreeting", "maxLineLength", "heloEhloEnforcement", "addressBracketsEnforcement"}
     | {"disabledFeatures", "auth", "authRequired", "authorizedAddresses", "verifyIdentity"}
 )
-_KNOWN_BY_LOWER = {name.lower(): name for name in _VALUES | _SECURITY | _SMTP_ONLY}
+_ONCE = COMMON_OPTIONS | {"lmtpGreeting"} | _SECURITY
+_KNOWN_BY_LOWER = {name.lower(): name for name in _ONCE | _SMTP_ONLY}
 
 _LMTP = "org.apache.james.lmtpserver."
 _LMTP_CORE = _LMTP + "CoreCmdHandlerLoader"
@@ -79,27 +65,7 @@ def read_lmtpserver(path: Path, host: HostLookup, findings: Findings) -> list[Li
         ConfigError: not well-formed, or the root is neither ``<lmtpservers>`` nor
             ``<lmtpserver>``. Value problems go into ``findings``.
     """
-    root = read_xml(path, FILE)
-    if root.tag == "lmtpserver":
-        servers = [root]
-    elif root.tag == "lmtpservers":
-        note_attributes(root, "<lmtpservers>", findings)
-        servers = []
-        for child in root:
-            if child.tag == "lmtpserver":
-                servers.append(child)
-            else:
-                findings.ignored(f"<lmtpservers>/<{child.tag}>")
-    else:
-        raise ConfigError(
-            Problem(FILE, f"<{root.tag}>", "the root must be <lmtpservers> or <lmtpserver>")
-        )
-    listeners = []
-    for index, element in enumerate(servers, start=1):
-        listener = _LmtpListener(element, index, host, findings, path.parent).read()
-        if listener.enabled:
-            listeners.append(listener)
-    return listeners
+    return read_listeners(_LmtpListener, path, FILE, host, findings)
 
 
 def check_lmtp_listeners(
@@ -156,163 +122,47 @@ def parse_lmtp_binds(text: str, host: HostLookup) -> tuple[tuple[Bind, ...], tup
     return tuple(binds), tuple(paths)
 
 
-class _LmtpListener:
-    """Reads one ``<lmtpserver>``; every option lands in an attribute or in findings."""
+class _LmtpListener(ListenerReader):
+    """Reads one ``<lmtpserver>``: the common options, ``<bind>`` with Unix-domain
+    sockets, ``proxyRequired`` and James's LMTP ``<handlerchain>``."""
 
-    def __init__(
-        self,
-        element: ET.Element,
-        index: int,
-        host: HostLookup,
-        f: Findings,
-        conf_dir: Path = Path("."),
-    ) -> None:
-        self.conf_dir = conf_dir  # relative <tls> paths are taken from here
-        self.tls: TlsConfig | None = None
-        self.element = element
-        self.host = host
-        self.findings = f
-        self.name = "lmtpserver" if index == 1 else f"lmtpserver-{index}"
-        self.prefix = f'<lmtpserver name="{self.name}">'
-        self.enabled = True
+    protocol = Protocol.LMTP
+    tag = "lmtpserver"
+    greeting_tag = "lmtpGreeting"
+    once = _ONCE
+    known_by_lower = _KNOWN_BY_LOWER
+
+    @classmethod
+    def default_name(cls, index: int) -> str:
+        return "lmtpserver" if index == 1 else f"lmtpserver-{index}"
+
+    def defaults(self) -> None:
         self.binds: tuple[Bind, ...] = (DEFAULT_LMTP_BIND,)
         self.unix_sockets: tuple[str, ...] = ()
-        self.backlog = DEFAULT_BACKLOG
-        self.timeout = DEFAULT_CONNECTION_TIMEOUT
-        self.limit = 0
-        self.limit_per_ip = 0
-        self.hello_name: str | None = None
-        self.greeting: str | None = None
-        self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
-        self.handlers: tuple[HandlerConfig, ...] = ()
 
-    def read(self) -> ListenerConfig:
-        for child in self.element:
-            if child.tag == "jmxName":
-                name = self._text(child, f"{self.prefix}/<jmxName>")
-                if name == "":
-                    self.findings.error(f"{self.prefix}/<jmxName>", "the name is empty")
-                elif name is not None:
-                    self.name = name
-                break
-        self.prefix = f'<lmtpserver name="{self.name}">'
-        note_attributes(self.element, self.prefix, self.findings, frozenset({"enabled"}))
-        raw_enabled = self.element.get("enabled")
-        if raw_enabled is not None:
-            try:
-                self.enabled = parse_bool(raw_enabled)
-            except Invalid as exc:
-                self.findings.error(f"{self.prefix}/@enabled", str(exc))
-        if not self.enabled:
-            self.findings.ignored(self.prefix, 'enabled="false": not started')
-        gate = security.Gate(self.findings, self.enabled)
-        seen: set[str] = set()
-        for child in self.element:
-            tag, path = child.tag, f"{self.prefix}/<{child.tag}>"
-            if tag in _VALUES or tag in _SECURITY:
-                if tag in seen:
-                    self.findings.error(
-                        path, "given more than once (James would use only the first)"
-                    )
-                    continue
-                seen.add(tag)
-            if tag == "tls":
-                self.tls = read_listener_tls(
-                    child, path, self.findings, self.conf_dir, self.enabled
-                )
-            elif tag == "proxyRequired":
-                security.check_proxy_required(gate, child, path)
-            elif tag == "handlerchain":
-                self.handlers = _check_handlerchain(gate, child, path)
-            elif tag in _VALUES:
-                self._value(tag, child, path)
-            elif tag in _SMTP_ONLY:
-                self.findings.ignored(path, "an SMTP option; James's LMTP server does not read it")
-            elif tag.lower() in _KNOWN_BY_LOWER:
-                self.findings.error(
-                    path,
-                    f"unknown element; did you mean <{_KNOWN_BY_LOWER[tag.lower()]}>? "
-                    "(element names are case-sensitive)",
-                )
-            else:
-                self.findings.ignored(path)
-        return ListenerConfig(
-            name=self.name,
-            protocol=Protocol.LMTP,
-            enabled=self.enabled,
-            binds=self.binds,
-            unix_sockets=self.unix_sockets,
-            connection_backlog=self.backlog,
-            connection_timeout=self.timeout,
-            connection_limit=self.limit,
-            connection_limit_per_ip=self.limit_per_ip,
-            hello_name=self.hello_name or autodetected_hello_name(self.host),
-            greeting=self.greeting,
-            max_message_size=self.max_message_size,
-            tls=self.tls,
-            handlers=self.handlers,
-            # James's LMTPConfiguration turns HELO and bracket enforcement off; kittiwake
-            # keeps both on (LHLO first, RFC 2033 4.1; paths in <>): MTAs do both anyway.
-        )
-
-    def _text(self, element: ET.Element, path: str) -> str | None:
-        try:
-            return element_text(element)
-        except Invalid as exc:
-            self.findings.error(path, str(exc))
-            return None
-
-    def _value(self, tag: str, element: ET.Element, path: str) -> None:
-        if tag == "helloName":
-            self._hello_name(element, path)
-            return
-        note_attributes(element, path, self.findings)
-        text = self._text(element, path)
-        if text is None or tag == "jmxName":
-            return
-        try:
-            self._apply(tag, text)
-        except Invalid as exc:
-            self.findings.error(path, str(exc))
-
-    def _apply(self, tag: str, text: str) -> None:
-        if tag == "bind":
-            binds, paths = parse_lmtp_binds(text, self.host)
-            self.binds, self.unix_sockets = binds, paths
-        elif tag == "connectionBacklog":
-            self.backlog = parse_int(text, low=1)
-        elif tag == "connectiontimeout":
-            self.timeout = float(parse_int(text, low=1))  # seconds; 0 is refused as for SMTP
-        elif tag == "connectionLimit":
-            self.limit = parse_int(text, low=0)
-        elif tag == "connectionLimitPerIP":
-            self.limit_per_ip = parse_int(text, low=0)
-        elif tag == "lmtpGreeting":
-            if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
-                raise Invalid("the greeting must be one line without control characters")
-            self.greeting = text or None
-        elif tag == "maxmessagesize":
-            self.max_message_size = parse_size(text)
-
-    def _hello_name(self, element: ET.Element, path: str) -> None:
-        note_attributes(element, path, self.findings, frozenset({"autodetect"}))
-        autodetect = True
-        raw = element.get("autodetect")
-        if raw is not None:
-            try:
-                autodetect = parse_bool(raw)
-            except Invalid as exc:
-                self.findings.error(f"{path}/@autodetect", str(exc))
-                return
-        text = self._text(element, path)
-        if autodetect or text is None:
-            return
-        if not text:
-            self.findings.error(path, 'empty, and autodetect="false"; set a name')
-        elif not text.isascii() or not all(33 <= ord(ch) <= 126 for ch in text):
-            self.findings.error(path, f"{text!r} has spaces or control characters")
+    def option(self, tag: str, element: ET.Element, path: str) -> bool:
+        if tag == "proxyRequired":
+            security.check_proxy_required(self.gate, element, path)
+        elif tag == "handlerchain":
+            self.handlers = _check_handlerchain(self.gate, element, path)
+        elif tag in _SMTP_ONLY:
+            self.findings.ignored(path, "an SMTP option; James's LMTP server does not read it")
         else:
-            self.hello_name = text
+            return super().option(tag, element, path)
+        return True
+
+    def apply(self, tag: str, text: str, path: str) -> None:
+        if tag == "bind":
+            self.binds, self.unix_sockets = parse_lmtp_binds(text, self.host)
+        else:
+            super().apply(tag, text, path)
+
+    def build(self) -> ListenerConfig:
+        # James's LMTPConfiguration turns HELO and bracket enforcement off; kittiwake
+        # keeps both on (LHLO first, RFC 2033 4.1; paths in <>): MTAs do both anyway.
+        return dataclasses.replace(
+            super().build(), binds=self.binds, unix_sockets=self.unix_sockets
+        )
 
 
 def _check_handlerchain(
@@ -335,14 +185,7 @@ def _check_handlerchain(
         elif name not in ("coreHandlersPackage", "jmxHandlersPackage"):
             gate.harmless(attr_path, "unknown attribute")
     handlers: list[HandlerConfig] = []
-    for child in element:
-        if not isinstance(child.tag, str):
-            continue
-        if child.tag != "handler":
-            gate.harmless(f"{path}/<{child.tag}>", "not a <handler>")
-            continue
-        cls = child.get("class", "").strip()
-        child_path = f'{path}/<handler class="{cls}">'
+    for cls, child, child_path in handler_elements(element, path, gate.findings):
         if cls == _LMTP_MAILETS:
             gate.refuse(child_path, _refusal(cls))
         elif cls == _LMTP_CORE:

@@ -38,6 +38,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from kittiwake._files import write_all
 from kittiwake.delivery.base import Deliverer, DeliveryJob, Outcome, Target
 from kittiwake.queue._committer import GroupCommitter
 
@@ -45,12 +46,6 @@ __all__ = ["DirectDelivery", "MessageFile"]
 
 #: flags for a new data file: never reuse a name, never leak into a child process
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class MessageFile:
@@ -78,7 +73,7 @@ class MessageFile:
         """
         self.size += len(chunk)
         if self._fd >= 0:
-            _write_all(self._fd, chunk)
+            write_all(self._fd, chunk)
             return
         self._buffer.append(chunk)
         self._buffered += len(chunk)
@@ -116,11 +111,11 @@ class MessageFile:
             fd = os.open(tmp, _O_NEW, 0o600)
             try:
                 with open(self.path, "rb") as old:
-                    _write_all(fd, old.read(start))
-                    _write_all(fd, data)
+                    write_all(fd, old.read(start))
+                    write_all(fd, data)
                     old.seek(end)
                     while chunk := old.read(1 << 20):
-                        _write_all(fd, chunk)
+                        write_all(fd, chunk)
                 os.replace(tmp, self.path)
             except BaseException:
                 os.close(fd)
@@ -149,7 +144,7 @@ class MessageFile:
     def _spill(self) -> None:
         self._fd = os.open(self.path, _O_NEW, 0o600)
         data, self._buffer, self._buffered = b"".join(self._buffer), [], 0
-        _write_all(self._fd, data)
+        write_all(self._fd, data)
 
     def _finish(self) -> None:
         """Write what is in memory and fsync the file (blocking; a worker thread)."""
@@ -159,7 +154,7 @@ class MessageFile:
                 fd = os.open(self.path, _O_NEW, 0o600)
             if self._buffer:
                 data, self._buffer, self._buffered = b"".join(self._buffer), [], 0
-                _write_all(fd, data)
+                write_all(fd, data)
             os.fsync(fd)
         finally:
             if fd >= 0:

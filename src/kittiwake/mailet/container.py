@@ -53,6 +53,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kittiwake._files import write_durably
 from kittiwake.delivery.base import DeliveryJob, Outcome, Status, Target
 from kittiwake.delivery.maildir import MaildirDeliverer
 from kittiwake.mailet.api import ERROR, GHOST, ROOT, Mail, Mailet, MessagingError
@@ -588,7 +589,8 @@ class MailetDeliverer:
         key = hashlib.sha1(data).hexdigest()[:16]
         path = os.path.join(self.work_dir, f"{mail.name}-{key}")
         if key not in groups:
-            _write_durably(self.work_dir, path, data)
+            self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_durably(path, data)
             temporary.append(path)
         return key, path, len(data)
 
@@ -607,15 +609,3 @@ class MailetDeliverer:
                 Outcome(t.index, t.recipient, pick[0], pick[1], locations or pick[2], pick[3])
             )
         return out
-
-
-def _write_durably(directory: Path, path: str, data: bytes) -> None:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)

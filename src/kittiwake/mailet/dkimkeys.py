@@ -29,6 +29,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from kittiwake._files import write_all
 from kittiwake.policy.names import InvalidName, canonical_domain
 
 __all__ = [
@@ -337,7 +338,7 @@ def _write_key(path: Path, pem: bytes, *, force: bool, owner: tuple[int, int] | 
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
-            os.write(fd, pem)
+            write_all(fd, pem)  # a bare os.write may write less than all
             os.fsync(fd)
         finally:
             os.close(fd)

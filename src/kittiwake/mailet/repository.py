@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kittiwake._files import write_all
 from kittiwake.mailet.api import Mail
 from kittiwake.mailet.message import Message
 
@@ -330,9 +331,7 @@ def _write_file(path: Path, data: bytes, pending: _Pending | None = None) -> Non
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         if pending is None:
             os.fsync(fd)
     finally:

@@ -106,7 +106,7 @@ class Server:
         for domain in config.domains.domain_names:
             self.store.add_domain(domain)
         self.spool = Spool(data_dir / "spool", threads=4)
-        self.journal = Journal(data_dir / "journal")
+        self.journal = Journal(data_dir / "journal", spool=data_dir / "spool")
         resolver = LocalResolver(self.store, self.store, config.server.postmaster)
         self._resolver = resolver
         hostname = config.listeners[0].hello_name if config.listeners else None

@@ -30,6 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from kittiwake._files import write_all
+
 from ._ciphers import CipherChoice, map_cipher_suites
 
 __all__ = [
@@ -341,7 +343,7 @@ def _memory_file(data: bytes) -> Iterator[str]:
     if memfd is not None and os.path.isdir("/proc/self/fd"):
         fd = memfd("kittiwake-tls", os.MFD_CLOEXEC)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)
@@ -350,16 +352,10 @@ def _memory_file(data: bytes) -> Iterator[str]:
         path = os.path.join(d, "identity.pem")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
         finally:
             os.close(fd)
         try:
             yield path
         finally:
             os.unlink(path)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

@@ -8,7 +8,6 @@ The key is ECDSA P-256: small, fast, and accepted by every current TLS library.
 from __future__ import annotations
 
 import ipaddress
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kittiwake._files import replace_file
 
 __all__ = ["SelfSigned", "generate_self_signed", "self_signed_paths"]
 
@@ -75,21 +76,7 @@ def generate_self_signed(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write(key_path, key_pem, 0o600)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    # via a temporary name and rename, so a reader never sees half a file
+    replace_file(key_path, key_pem, mode=0o600)
+    replace_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return cert
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temporary name and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is masked by the umask
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
