@@ -116,7 +116,9 @@ class MailRepository:
         key = self.key_for(mail)
         pending: _Pending | None = getattr(_deferred, "pending", None)
         message = mail.message
-        if pending is not None and not message.modified and message.path is not None:
+        # linkable: the file is exactly the message (not so when the spool file starts
+        # with a hidden Delivered-To, which must not leave with a relayed copy)
+        if pending is not None and message.path is not None and message.linkable():
             eml = self.path / f"{key}.eml"
             if _link_file(message.path, eml):
                 pending.dirs.add(self.path)  # its data was fsynced by the spool
