@@ -599,7 +599,11 @@ class RemoteDelivery(Mailet):
 
             await asyncio.to_thread(keep)
         else:
-            await asyncio.to_thread(functools.partial(remove_mail, repo, key, retry=had_retry))
+            # sent (or bounced/handed on, durably): the removal need not wait for its
+            # directory fsync (see MailRepository.remove)
+            await asyncio.to_thread(
+                functools.partial(remove_mail, repo, key, retry=had_retry, sync=False)
+            )
 
     async def _bounce(self, mail: Mail, failed: dict[str, str], remote: dict[str, str]) -> None:
         log.warning(

@@ -53,10 +53,11 @@ def write_retry(repo: MailRepository, key: str, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def remove_mail(repo: MailRepository, key: str, *, retry: bool = True) -> None:
+def remove_mail(repo: MailRepository, key: str, *, retry: bool = True, sync: bool = True) -> None:
     """Remove a mail and its files; ``retry=False``: the caller holds the lock and saw
-    no ``.retry`` file (none can appear meanwhile), so it is not looked for."""
-    repo.remove(key)
+    no ``.retry`` file (none can appear meanwhile), so it is not looked for;
+    ``sync=False``: see :meth:`MailRepository.remove`."""
+    repo.remove(key, sync=sync)
     for suffix in (".retry", ".lock") if retry else (".lock",):
         with contextlib.suppress(FileNotFoundError):
             (repo.path / f"{key}{suffix}").unlink()
