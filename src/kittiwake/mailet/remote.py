@@ -14,7 +14,7 @@ attempt (no file: attempt now); the files and their format are listed in
 and kittiwake's own names and listening addresses) starts an asyncio task that sweeps
 the repository (woken at once by ``service``, otherwise every second) and delivers the
 due mails, ``deliveryThreads`` at a time (highest James ``MAIL_PRIORITY`` first with
-``usePriority``). A mail being delivered is locked (``flock`` on ``<key>.lock``), so
+``usePriority``). A mail being delivered is locked (``flock`` on ``<key>.json``), so
 worker processes sharing DATA never send it twice at once.
 
 One attempt: the recipients are grouped by destination (their domain; with ``gateway``,
@@ -362,20 +362,17 @@ class RemoteDelivery(Mailet):
         """In a thread: lock ``key``, and the mail (``copy``, or read back) and its
         retry state if it is there and due; None: not this process's to send now."""
         repo = self.repo
-        lock = lock_mail(repo, key)
+        try:
+            lock = lock_mail(repo, key)
+        except KeyError:  # delivered by another process meanwhile
+            return None
         if lock is None:
             return None  # another process has it
         try:
-            if copy is not None:
-                # the copy is the stored mail while the files are there (they are
-                # never changed in place, only replaced under this lock)
-                os.stat(repo.path / f"{key}.json")
-                mail = copy
-            else:
-                mail = repo.load(key)
-        except (KeyError, FileNotFoundError):  # delivered by another process meanwhile
-            with contextlib.suppress(FileNotFoundError):
-                (repo.path / f"{key}.lock").unlink()
+            # the copy is the stored mail while its .json is (the files are never
+            # changed in place, and replaced only under this lock)
+            mail = copy if copy is not None else repo.load(key)
+        except KeyError:  # delivered by another process meanwhile
             os.close(lock)
             return None
         except BaseException:
