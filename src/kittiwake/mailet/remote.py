@@ -11,9 +11,11 @@ attempt (no file: attempt now); the files and their format are listed in
 
 :meth:`RemoteDelivery.start` (called by the server in each process, with its
 :class:`~kittiwake.dnsservice.DnsService`, a function that puts a new mail in the spool
-and kittiwake's own names and listening addresses) starts an asyncio task that sweeps
-the repository (woken at once by ``service``, otherwise every second) and delivers the
-due mails, ``deliveryThreads`` at a time (highest James ``MAIL_PRIORITY`` first with
+and kittiwake's own names and listening addresses) starts an asyncio task that delivers
+the due mails: each mail ``service`` stores is handed to it at once, with its message in
+memory (its first attempt does not read the files back), and the repository is swept
+every second (or when the next retry is due) for the rest. It delivers
+``deliveryThreads`` at a time (highest James ``MAIL_PRIORITY`` first with
 ``usePriority``). A mail being delivered is locked (``flock`` on ``<key>.json``), so
 worker processes sharing DATA never send it twice at once.
 

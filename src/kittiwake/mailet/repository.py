@@ -24,6 +24,9 @@ hard-linked from its spool file (fsynced already) instead of being written again
 may then share its inode, owner and mode with the Maildir copies of the same message,
 ``<maildir uid gid mode>``; the repository directory stays 0700, and nobody writes any
 of these files in place).
+A spool file that starts with the session's hidden ``Delivered-To`` is linked too; the
+``.json`` then says how many bytes of the ``.eml`` to skip (``"skip"``), since that
+field is not part of the stored message.
 RemoteDelivery may send a mail stored this way before the block ends; its files are then
 gone by the flush, which skips them.
 """
