@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import socket
 import ssl
@@ -147,7 +148,10 @@ async def open_connection(
             return f"4.4.1 connection to {where} timed out"
         except OSError as exc:
             source = f" from {settings.bind}" if settings.bind else ""
-            return f"4.4.1 connection to {where}{source} failed: {exc.strerror or exc}"
+            # the system's words for errno ("Connection refused"): asyncio's
+            # sock_connect puts "Connect call failed (ADDRESS)" in strerror
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            return f"4.4.1 connection to {where}{source} failed: {why}"
         smtp = aiosmtplib.SMTP(
             hostname=name,  # the name the certificate must show (server_hostname)
             sock=sock,
