@@ -184,6 +184,9 @@ def start_kittiwake(
         '<mailet match="All" class="RemoteDelivery">'
         "<outgoingQueue>outgoing</outgoingQueue><delayTime>5000, 100000, 500000</delayTime>"
         f"<maxRetries>3</maxRetries><deliveryThreads>{threads}</deliveryThreads>"
+        # as many connections to the sink as deliveries (Postfix: 20 to the relay
+        # host); kittiwake's own default is 10 per destination
+        f"<maxConnectionsPerDomain>{threads}</maxConnectionsPerDomain>"
         "<sendpartial>true</sendpartial><bounceProcessor>bounces</bounceProcessor>"
         f"<gateway>{SINK_ADDRESS}:{sink.port}</gateway></mailet>"
     )

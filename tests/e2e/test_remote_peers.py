@@ -191,7 +191,11 @@ def test_postfix_peer_451_then_250(
         tmp_path,
         dns_server,
         f"<delayTime>2 sec</delayTime><maxRetries>20</maxRetries>"
-        f"<mail.smtp.port>{postfix_peer.smtp_port}</mail.smtp.port>",
+        f"<mail.smtp.port>{postfix_peer.smtp_port}</mail.smtp.port>"
+        # no kept connections: `postfix reload` applies the new access table to new
+        # smtpd processes only, and a kept connection (reused by the retry two seconds
+        # later) would go on talking to the old one
+        "<connectionIdleTime>0</connectionIdleTime>",
     )
     relay.start()
     try:

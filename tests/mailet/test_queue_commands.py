@@ -1,6 +1,6 @@
 """``kittiwake queue ...`` on an outgoing repository written as RemoteDelivery writes it
-(stored mail, ``KEY.retry``), with another holder of ``KEY.lock`` standing in for a
-server delivering the mail."""
+(stored mail, ``KEY.retry``), with another holder of the mail's lock (``KEY.json``)
+standing in for a server delivering the mail."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def _store(data: Path, name: str, rcpts: list[str], retry: dict[str, object] | N
 
 @contextmanager
 def _held(data: Path, key: str) -> Iterator[None]:
-    """Hold KEY.lock as a delivering RemoteDelivery does (flock, exclusive)."""
-    fd = os.open(data / "repositories/outgoing" / f"{key}.lock", os.O_RDWR | os.O_CREAT)
+    """Hold the mail's lock as a delivering RemoteDelivery does (flock on KEY.json)."""
+    fd = os.open(data / "repositories/outgoing" / f"{key}.json", os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         yield
@@ -107,7 +107,7 @@ def test_list_show_retry_remove(data: Path, capsys: pytest.CaptureFixture[str]) 
     code, out, _ = _run(capsys, data, "remove", fresh)
     assert code == 0 and f"removed {fresh}" in out
     assert sorted(os.listdir(data / "repositories/outgoing")) == sorted(
-        [f"{deferred}.eml", f"{deferred}.json", f"{deferred}.retry", f"{deferred}.lock"]
+        [f"{deferred}.eml", f"{deferred}.json", f"{deferred}.retry"]
     )
     code, _, err = _run(capsys, data, "remove", fresh)
     assert code == 1 and f"no mail {fresh}" in err

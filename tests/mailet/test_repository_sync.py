@@ -61,6 +61,30 @@ def test_batch_store_links_unchanged_and_writes_changed(
     assert sorted(repo.keys()) == sorted([k1, k2])
 
 
+def test_hidden_delivered_to_is_not_stored(tmp_path: Path) -> None:
+    """A single-recipient spool file starts with the session's Delivered-To, hidden by
+    Message; a relayed copy must not carry it (Postfix's local(8) would take it for a
+    forwarding loop): the file is linked all the same, the stored mail skips the field."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    path = spool / "m1"
+    path.write_bytes(b"Delivered-To: m1@b.test\r\n" + DATA)
+    mail = Mail(
+        name="m1",
+        sender="a@a.test",
+        recipients=["m1@b.test"],
+        message=Message(str(path), path.stat().st_size, delivered_to="m1@b.test"),
+        state="relay",
+    )
+    repo = MailRepository(tmp_path / "repositories", "outgoing")
+    with deferred_sync():
+        key = repo.store(mail)
+    assert repo.message_bytes(key) == DATA
+    assert repo.load(key).message.as_bytes() == DATA
+    assert repo.info(key).size == len(DATA)
+    assert os.stat(repo.path / f"{key}.eml").st_ino == path.stat().st_ino
+
+
 def test_outside_a_block_store_is_durable_at_once(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()

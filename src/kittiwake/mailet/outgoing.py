@@ -4,17 +4,18 @@ while a server may be delivering from them.
 
 A queued mail is ``KEY.eml`` + ``KEY.json`` (:class:`~kittiwake.mailet.repository.MailRepository`),
 ``KEY.retry`` (JSON: ``attempts`` made so far, ``next`` attempt as Unix time, and the
-``error`` of the last attempt; no file: never tried, due now) and ``KEY.lock``, which a
-delivering process holds with ``flock(LOCK_EX)`` for the whole attempt, from loading the
-mail to writing its new retry state or removing it.
+``error`` of the last attempt; no file: never tried, due now). ``KEY.json`` is also the
+mail's lock: a delivering process holds ``flock(LOCK_EX)`` on it for the whole attempt,
+from loading the mail to writing its new retry state or removing it (no separate lock
+file: creating and removing one per mail was a large part of the relay's bookkeeping).
 
 Every change made here takes the same lock first, without waiting: a mail being
 delivered right now is never removed half-way, and its retry state is never written
 from two places at once (the attempt's result would overwrite a flush, or a flush
 would bring back a mail the attempt just finished). A locked mail is reported as such
-and left alone. After locking, the lock file's inode is compared with the one at its
-path: a delivery that finished in between unlinks the lock file it held, and a lock on
-that orphan would protect nothing.
+and left alone. After locking, the locked file's inode is compared with the one at its
+path: a delivery that finished in between removed the mail, and a lock on that orphan
+would protect nothing.
 
 Files created here get the owner of the repository directory, so that a server that
 dropped root (``kittiwake`` user) can still read and replace them.
@@ -107,10 +108,10 @@ def queued(store: RepositoryStore, names: list[str]) -> Iterator[OutgoingMail]:
 
 
 def _held(repo: MailRepository, key: str) -> bool:
-    """Is ``KEY.lock`` held? (A probe: the lock is taken and let go at once, and the
-    file is never created here.)"""
+    """Is the mail's lock (``KEY.json``) held? (A probe: a shared lock taken and let go
+    at once.)"""
     try:
-        fd = os.open(repo.path / f"{key}.lock", os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(repo.path / f"{key}.json", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     except PermissionError:
@@ -126,7 +127,7 @@ def _held(repo: MailRepository, key: str) -> bool:
 
 @contextlib.contextmanager
 def locked(repo: MailRepository, key: str) -> Iterator[None]:
-    """Hold ``KEY.lock`` (as RemoteDelivery does) for the block.
+    """Hold the mail's lock (``KEY.json``, as RemoteDelivery does) for the block.
 
     Raises:
         Locked: another process holds it.
@@ -134,11 +135,12 @@ def locked(repo: MailRepository, key: str) -> Iterator[None]:
     """
     if "/" in key or key.startswith(".") or not key:
         raise KeyError(key)
-    repo.info(key)  # KeyError before creating a lock file for nothing
-    path = repo.path / f"{key}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = repo.path / f"{key}.json"
     try:
-        _own_like_dir(fd, repo.path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise KeyError(key) from None
+    try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -150,15 +152,10 @@ def locked(repo: MailRepository, key: str) -> Iterator[None]:
         except FileNotFoundError:
             same = False
         if not same:
-            # the attempt that held it finished and unlinked it: the mail is gone (or
-            # stored again under a new key)
+            # the attempt that held it finished and removed the mail (or stored it
+            # again under a new key)
             raise KeyError(key)
-        try:
-            repo.info(key)
-        except KeyError:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # we made it; RemoteDelivery would remove it the same way
-            raise
+        repo.info(key)
         yield
     finally:
         os.close(fd)
@@ -196,7 +193,7 @@ def remove_mail(repo: MailRepository, key: str) -> StoredMail:
     with locked(repo, key):
         info = repo.info(key)
         repo.remove(key)  # .json first: from here on the mail does not exist
-        for suffix in (".retry", ".lock"):
+        for suffix in (".retry", ".lock"):  # (.lock: left by an older version)
             with contextlib.suppress(FileNotFoundError):
                 (repo.path / f"{key}{suffix}").unlink()
         return info

@@ -6,10 +6,11 @@ but not yet through the mailet container (a running server takes them within
 milliseconds; a stopped one at its next start). Spool entries belong to the server's
 spool runner and are only shown, never changed here.
 
-Changes go through :mod:`kittiwake.mailet.outgoing`, under the mail's ``KEY.lock``: a
-mail being delivered right now is reported and left alone. A running server sweeps its
-outgoing repositories every second, so ``flush`` and ``retry`` take effect within about
-a second without signalling it; a stopped server delivers them at its next start.
+Changes go through :mod:`kittiwake.mailet.outgoing`, under the mail's lock (``flock``
+on ``KEY.json``): a mail being delivered right now is reported and left alone. A
+running server sweeps its outgoing repositories every second, so ``flush`` and
+``retry`` take effect within about a second without signalling it; a stopped server
+delivers them at its next start.
 
 A mail is named by its KEY (``queue list``'s first column), by the queue ID it had in
 the spool (the KEY's first part, as the server's log names it), or by a unique prefix
@@ -108,7 +109,7 @@ def run_queue(config: Any, data: Path, args: argparse.Namespace) -> int:
                 )
         except Locked:
             print(
-                f"kittiwake: {real} is being delivered right now ({real}.lock is held by "
+                f"kittiwake: {real} is being delivered right now ({real}.json is locked by "
                 f"a server process); left as it is: try again once the attempt is over",
                 file=sys.stderr,
             )

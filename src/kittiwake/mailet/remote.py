@@ -11,10 +11,12 @@ attempt (no file: attempt now); the files and their format are listed in
 
 :meth:`RemoteDelivery.start` (called by the server in each process, with its
 :class:`~kittiwake.dnsservice.DnsService`, a function that puts a new mail in the spool
-and kittiwake's own names and listening addresses) starts an asyncio task that sweeps
-the repository (woken at once by ``service``, otherwise every second) and delivers the
-due mails, ``deliveryThreads`` at a time (highest James ``MAIL_PRIORITY`` first with
-``usePriority``). A mail being delivered is locked (``flock`` on ``<key>.lock``), so
+and kittiwake's own names and listening addresses) starts an asyncio task that delivers
+the due mails: each mail ``service`` stores is handed to it at once, with its message in
+memory (its first attempt does not read the files back), and the repository is swept
+every second (or when the next retry is due) for the rest. It delivers
+``deliveryThreads`` at a time (highest James ``MAIL_PRIORITY`` first with
+``usePriority``). A mail being delivered is locked (``flock`` on ``<key>.json``), so
 worker processes sharing DATA never send it twice at once.
 
 One attempt: the recipients are grouped by destination (their domain; with ``gateway``,
@@ -47,6 +49,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import os
 import random
@@ -60,6 +64,7 @@ import aiosmtplib
 from kittiwake.delivery.dsn import DsnRecipient, build_dsn
 from kittiwake.dnsservice import DnsService, DnsTempError
 from kittiwake.mailet.api import GHOST, Mail, Mailet, MailetConfig, MailetError
+from kittiwake.mailet.message import Message
 from kittiwake.mailet.remote_params import (
     PARAMETERS,
     bind_address,
@@ -106,8 +111,13 @@ _lock = lock_mail
 #: (message, sender, recipients, state, error) -> queue ID: puts a mail in the spool
 Enqueue = Callable[[bytes, str, Sequence[str], str, str], Awaitable[str]]
 
-#: seconds between sweeps of the outgoing repository when nothing wakes the task
+#: seconds between sweeps of the outgoing repository (a mail stored by this process
+#: does not wait for one: ``service`` hands it to the delivery task)
 _SWEEP = 1.0
+#: bytes of messages ``service`` hands over in memory at most (beyond: read back)
+_FRESH_BYTES = 64 * 1024 * 1024
+#: a message larger than this is always read back from the repository
+_FRESH_MAX = 1024 * 1024
 #: seconds a reused connection may take to answer RSET before it is given up
 _RSET_TIMEOUT = 30.0
 #: the destination of every recipient when there are gateways
@@ -195,6 +205,10 @@ class RemoteDelivery(Mailet):
         self._dns: DnsService | None = None
         self._enqueue: Enqueue | None = None
         self._busy: set[str] = set()
+        #: keys stored by this process and not yet dispatched, with the stored mail when
+        #: it was kept in memory (see ``service``)
+        self._fresh: dict[str, Mail | None] = {}
+        self._fresh_bytes = 0
 
     @property
     def repo(self) -> MailRepository:
@@ -206,12 +220,32 @@ class RemoteDelivery(Mailet):
         repo = self.repo
         key = repo.store(mail)
         log.info("%s: queued for remote delivery as %s/%s", mail.name, repo.name, key)
+        loop = self._loop
+        if loop is not None:
+            # handed to the delivery task at once (no wait for a sweep) and, small
+            # enough, in memory: its first attempt does not read the files back. The
+            # files are the mail all the same; the attempt locks them and checks they
+            # are still there (another worker process may have sent it).
+            copy = _stored_copy(mail)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._arrived, key, copy)
         self.context.finished(mail, f"queued in repository {repo.name} for remote delivery")
         mail.state = GHOST
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
+
+    def _arrived(self, key: str, copy: Mail | None) -> None:
+        """In the event loop: ``key`` was stored by ``service``."""
+        old = self._fresh.pop(key, None)
+        if old is not None:
+            self._fresh_bytes -= old.message.file_size
+        if copy is not None:
+            size = copy.message.file_size
+            if self._fresh_bytes + size > _FRESH_BYTES:
+                copy = None  # over the budget: read back at the attempt
+            else:
+                self._fresh_bytes += size
+        self._fresh[key] = copy
+        if self._wake is not None:
+            self._wake.set()
 
     # -- the delivery task -------------------------------------------------------
 
@@ -248,28 +282,45 @@ class RemoteDelivery(Mailet):
 
     async def _sweeper(self) -> None:
         assert self._wake is not None
+        loop = asyncio.get_running_loop()
         sem = asyncio.Semaphore(self.threads)
         tasks: set[asyncio.Task[None]] = set()
+        next_sweep = 0.0
         try:
             while True:
                 self._wake.clear()
-                try:
-                    due, wait = await asyncio.to_thread(self._due)
-                except OSError as exc:
-                    log.error("outgoing repository: %s", exc)
-                    due, wait = [], _SWEEP
-                for key in due:
+                # the whole repository is read at most once per sweep interval (or when
+                # the next retry is due): mails stored by other processes, retries, and
+                # what was there at start. A wake (a mail stored here) does not read it:
+                # with a backlog, one listing per wake made the work per mail grow with
+                # the backlog.
+                due: list[str] = []
+                if self.use_priority and self._fresh:
+                    next_sweep = 0.0  # usePriority: new mails take their turn by priority
+                if loop.time() >= next_sweep:
+                    try:
+                        due, wait = await asyncio.to_thread(self._due)
+                    except OSError as exc:
+                        log.error("outgoing repository: %s", exc)
+                        due, wait = [], _SWEEP
+                    next_sweep = loop.time() + max(wait, 0.01)
+                due.reverse()  # popped from the end: in order
+                while due or self._fresh:
+                    key = due.pop() if due else next(iter(self._fresh))
+                    copy = self._fresh.pop(key, None)
+                    if copy is not None:
+                        self._fresh_bytes -= copy.message.file_size
                     if key in self._busy:
                         continue
                     self._busy.add(key)
                     await sem.acquire()
-                    task = asyncio.create_task(self._attempt_guarded(key, sem))
+                    task = asyncio.create_task(self._attempt_guarded(key, sem, copy))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
                 # cancellation that comes as the event is set, and stop() would hang
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(wait, 0.01)):
+                    async with asyncio.timeout(max(next_sweep - loop.time(), 0.01)):
                         await self._wake.wait()
         finally:
             for task in tasks:
@@ -294,9 +345,11 @@ class RemoteDelivery(Mailet):
             out.sort(key=lambda k: -priority_of(repo, k))
         return out, wait
 
-    async def _attempt_guarded(self, key: str, sem: asyncio.Semaphore) -> None:
+    async def _attempt_guarded(
+        self, key: str, sem: asyncio.Semaphore, copy: Mail | None = None
+    ) -> None:
         try:
-            await self._attempt(key)
+            await self._attempt(key, copy)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -304,27 +357,45 @@ class RemoteDelivery(Mailet):
         finally:
             self._busy.discard(key)
             sem.release()
-            if self._wake is not None:
-                self._wake.set()  # it may have a new retry time: sweep again
+            # a deferred mail's next attempt is at least a second away: the next
+            # sweep finds it, no need to read the repository again now
 
-    async def _attempt(self, key: str) -> None:
+    def _claim(self, key: str, copy: Mail | None) -> tuple[int, Mail, dict[str, object]] | None:
+        """In a thread: lock ``key``, and the mail (``copy``, or read back) and its
+        retry state if it is there and due; None: not this process's to send now."""
         repo = self.repo
-        lock = await asyncio.to_thread(lock_mail, repo, key)
-        if lock is None:
-            return  # another process has it
         try:
-            try:
-                mail = await asyncio.to_thread(repo.load, key)
-            except KeyError:  # delivered by another process meanwhile
-                with contextlib.suppress(FileNotFoundError):
-                    (repo.path / f"{key}.lock").unlink()
-                return
-            retry = await asyncio.to_thread(read_retry, repo, key)
-            if retry.get("next", 0.0) > time.time():
-                return
-            attempts = int(retry.get("attempts", 0)) + 1
+            lock = lock_mail(repo, key)
+        except KeyError:  # delivered by another process meanwhile
+            return None
+        if lock is None:
+            return None  # another process has it
+        try:
+            # the copy is the stored mail while its .json is (the files are never
+            # changed in place, and replaced only under this lock)
+            mail = copy if copy is not None else repo.load(key)
+        except KeyError:  # delivered by another process meanwhile
+            os.close(lock)
+            return None
+        except BaseException:
+            os.close(lock)
+            raise
+        retry = read_retry(repo, key)
+        if retry.get("next", 0.0) > time.time():
+            os.close(lock)
+            return None
+        return lock, mail, retry
+
+    async def _attempt(self, key: str, copy: Mail | None = None) -> None:
+        repo = self.repo
+        claimed = await asyncio.to_thread(self._claim, key, copy)
+        if claimed is None:
+            return
+        lock, mail, retry = claimed
+        try:
+            attempts = int(str(retry.get("attempts", 0))) + 1
             result = await self._deliver(mail, attempts)
-            await self._settle(repo, key, mail, result, attempts)
+            await self._settle(repo, key, mail, result, attempts, had_retry=bool(retry))
         finally:
             os.close(lock)
 
@@ -470,7 +541,13 @@ class RemoteDelivery(Mailet):
     # -- after an attempt ----------------------------------------------------------
 
     async def _settle(
-        self, repo: MailRepository, key: str, mail: Mail, result: Result, attempts: int
+        self,
+        repo: MailRepository,
+        key: str,
+        mail: Mail,
+        result: Result,
+        attempts: int,
+        had_retry: bool = True,
     ) -> None:
         exhausted = attempts > self.max_retries
         bounce: dict[str, str] = {}
@@ -525,7 +602,11 @@ class RemoteDelivery(Mailet):
 
             await asyncio.to_thread(keep)
         else:
-            await asyncio.to_thread(remove_mail, repo, key)
+            # sent (or bounced/handed on, durably): the removal need not wait for its
+            # directory fsync (see MailRepository.remove)
+            await asyncio.to_thread(
+                functools.partial(remove_mail, repo, key, retry=had_retry, sync=False)
+            )
 
     async def _bounce(self, mail: Mail, failed: dict[str, str], remote: dict[str, str]) -> None:
         log.warning(
@@ -560,6 +641,36 @@ class RemoteDelivery(Mailet):
 
     def destroy(self) -> None:
         self._loop = None
+
+
+def _stored_copy(mail: Mail) -> Mail | None:
+    """What :meth:`MailRepository.load` would give for ``mail`` just stored, in memory;
+    None when it is too large to be worth holding."""
+    message = mail.message
+    if message.size > _FRESH_MAX:
+        return None
+    data = message.as_bytes()
+    return Mail(
+        name=mail.name,
+        sender=mail.sender,
+        recipients=list(mail.recipients),
+        message=Message(None, len(data), data),
+        state=mail.state,
+        remote_addr=mail.remote_addr,
+        remote_host=mail.remote_host,
+        auth_user=mail.auth_user,
+        attributes=json.loads(json.dumps(_jsonable_attributes(mail))),
+        error_message=mail.error_message,
+        received_at=mail.received_at,
+    )
+
+
+def _jsonable_attributes(mail: Mail) -> dict[str, object]:
+    return {
+        k: v
+        for k, v in mail.attributes.items()
+        if isinstance(v, str | int | float | bool | type(None) | list | dict)
+    }
 
 
 def _status(text: str) -> str:

@@ -148,7 +148,8 @@ async def open_connection(
             return f"4.4.1 connection to {where} timed out"
         except OSError as exc:
             source = f" from {settings.bind}" if settings.bind else ""
-            # asyncio's "Connect call failed (ADDRESS)" hides the cause: name the errno
+            # the system's words for errno ("Connection refused"): asyncio's
+            # sock_connect puts "Connect call failed (ADDRESS)" in strerror
             why = os.strerror(exc.errno) if exc.errno else str(exc)
             return f"4.4.1 connection to {where}{source} failed: {why}"
         smtp = aiosmtplib.SMTP(

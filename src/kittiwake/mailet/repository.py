@@ -24,6 +24,9 @@ hard-linked from its spool file (fsynced already) instead of being written again
 may then share its inode, owner and mode with the Maildir copies of the same message,
 ``<maildir uid gid mode>``; the repository directory stays 0700, and nobody writes any
 of these files in place).
+A spool file that starts with the session's hidden ``Delivered-To`` is linked too; the
+``.json`` then says how many bytes of the ``.eml`` to skip (``"skip"``), since that
+field is not part of the stored message.
 RemoteDelivery may send a mail stored this way before the block ends; its files are then
 gone by the flush, which skips them.
 """
@@ -117,12 +120,18 @@ class MailRepository:
         key = self.key_for(mail)
         pending: _Pending | None = getattr(_deferred, "pending", None)
         message = mail.message
-        # linkable(): the spool file is exactly the message (not when it starts with
-        # a Delivered-To the container hides, see message.py)
-        if pending is not None and message.path is not None and message.linkable():
+        skip = 0
+        if pending is not None and not message.modified and message.path is not None:
             eml = self.path / f"{key}.eml"
             if _link_file(message.path, eml):
                 pending.dirs.add(self.path)  # its data was fsynced by the spool
+                # a single-recipient spool file may start with the session's hidden
+                # Delivered-To (Message hides it): it is not part of the stored
+                # message (a relayed copy must not carry it: the destination's
+                # Postfix would take it for a forwarding loop); "skip" says so
+                if message.delivered_to:
+                    message.header_bytes()  # reads the file: is the field there?
+                skip = message.file_size - message.size
             else:
                 _write_file(eml, message.as_bytes(), pending)
         else:
@@ -140,6 +149,8 @@ class MailRepository:
             "stored_at": time.time(),
             "attributes": {k: v for k, v in mail.attributes.items() if _jsonable(v)},
         }
+        if skip:
+            meta["skip"] = skip
         _write_file(self.path / f"{key}.json", json.dumps(meta).encode(), pending)
         if pending is None:
             _fsync_dir(self.path)
@@ -167,7 +178,7 @@ class MailRepository:
         """Raises: KeyError: no such mail."""
         meta = self._meta(key)
         try:
-            size = (self.path / f"{key}.eml").stat().st_size
+            size = (self.path / f"{key}.eml").stat().st_size - _skip(meta)
         except FileNotFoundError:
             size = 0
         return StoredMail(
@@ -188,8 +199,9 @@ class MailRepository:
 
     def message_bytes(self, key: str) -> bytes:
         """Raises: KeyError: no such mail."""
-        self._meta(key)
-        return (self.path / f"{key}.eml").read_bytes()
+        skip = _skip(self._meta(key))
+        data = (self.path / f"{key}.eml").read_bytes()
+        return data[skip:] if skip else data
 
     def load(self, key: str) -> Mail:
         """The stored mail, as a :class:`Mail` (message in memory).
@@ -199,6 +211,9 @@ class MailRepository:
         """
         meta = self._meta(key)
         data = (self.path / f"{key}.eml").read_bytes()
+        skip = _skip(meta)
+        if skip:
+            data = data[skip:]
         return Mail(
             name=str(meta.get("name", key)),
             sender=meta.get("sender"),
@@ -213,9 +228,17 @@ class MailRepository:
             received_at=float(meta.get("received_at", 0.0)),
         )
 
-    def remove(self, key: str) -> bool:
+    def remove(self, key: str, *, sync: bool = True) -> bool:
         """Delete a mail (``.json`` first: it is what makes the mail exist); the
-        directory fsync is shared with concurrent removals (:class:`_DirSync`)."""
+        directory fsync is shared with concurrent removals (:class:`_DirSync`).
+
+        Args:
+            sync: wait for the directory fsync. False (a mail sent, RemoteDelivery):
+                it runs within :data:`_LAZY_SYNC` seconds, shared with the removals
+                meanwhile. Only a power loss in that window can bring the mail back
+                (to be sent again: delivery is at least once anyway); a crash of the
+                process cannot, and nothing accepted can be lost by it.
+        """
         if "/" in key or key.startswith("."):
             return False
         try:
@@ -223,7 +246,10 @@ class MailRepository:
         except FileNotFoundError:
             return False
         (self.path / f"{key}.eml").unlink(missing_ok=True)
-        _dir_sync(self.path).sync()
+        if sync:
+            _dir_sync(self.path).sync()
+        else:
+            _dir_sync(self.path).soon()
         return True
 
 
@@ -248,6 +274,15 @@ class RepositoryStore:
             return []
 
 
+def _skip(meta: dict[str, Any]) -> int:
+    """Bytes at the start of the ``.eml`` that are not the message (a linked spool
+    file's hidden Delivered-To)."""
+    try:
+        return max(int(meta.get("skip", 0)), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _jsonable(value: object) -> bool:
     return isinstance(value, str | int | float | bool | type(None) | list | dict)
 
@@ -261,6 +296,8 @@ class _Pending:
 
 
 _deferred = threading.local()
+#: seconds within which a removal with ``sync=False`` is made durable
+_LAZY_SYNC = 0.2
 #: fsyncs of one flush run in parallel: the journal commits them together
 _SYNC_THREADS = 8
 _sync_pool: ThreadPoolExecutor | None = None
@@ -355,6 +392,22 @@ class _DirSync:
         self._requested = 0
         self._completed = 0
         self._running = False
+        self._timer: threading.Timer | None = None
+
+    def soon(self) -> None:
+        """A flush within :data:`_LAZY_SYNC` seconds, without waiting for it."""
+        with self._cond:
+            if self._timer is not None:
+                return  # the pending one starts after this change: it covers it
+            self._timer = threading.Timer(_LAZY_SYNC, self._lazy)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _lazy(self) -> None:
+        with self._cond:
+            self._timer = None
+        with contextlib.suppress(OSError):  # the next removal's flush tries again
+            self.sync()
 
     def sync(self) -> None:
         """Raises: OSError: the fsync this call ran failed."""
