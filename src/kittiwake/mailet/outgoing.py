@@ -49,7 +49,7 @@ __all__ = [
 
 
 class Locked(Exception):
-    """The mail is being delivered right now (another process holds ``KEY.lock``)."""
+    """The mail is being delivered right now (another process holds the flock on ``KEY.json``)."""
 
 
 @dataclass(frozen=True, slots=True)
