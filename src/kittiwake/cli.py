@@ -395,6 +395,21 @@ def _domain(config: Config, data: Path, action: str, name: str | None) -> int:
     return 0
 
 
+def _drop_quota_override(data: Path, user: str) -> None:
+    """A removed user's quota override goes with it: a user made again later under the
+    same name starts from the default, not from a forgotten limit."""
+    path = data / "quota.db"
+    if not path.exists():
+        return
+    from kittiwake.delivery.quota_limits import QuotaOverrides
+
+    overrides = QuotaOverrides(path)
+    try:
+        overrides.set(user, None)
+    finally:
+        overrides.close()
+
+
 def _user(config: Config, data: Path, action: str, name: str | None) -> int:
     store = _store(config, data)
     if action == "list":
@@ -409,6 +424,7 @@ def _user(config: Config, data: Path, action: str, name: str | None) -> int:
     if action == "remove":
         if not store.remove_user(user):
             raise _Failure(f"no such user: {user}")
+        _drop_quota_override(data, user)
         print(f"removed user {user}")
         return 0
     domain = user.rpartition("@")[2]

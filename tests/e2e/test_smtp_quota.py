@@ -62,3 +62,15 @@ def test_over_quota_bounces_and_a_full_mailbox_is_refused_at_rcpt(kw: Kittiwake)
     log = kw.log_text()
     assert "to=<alice@kittiwake.test>, status=failed" in log and "dsn=5.2.2" in log
     assert "reject RCPT" in log and "452 4.2.2" in log
+
+
+def test_user_remove_drops_the_quota_override(kw: Kittiwake) -> None:
+    assert kw.cli("quota", "set", "alice@kittiwake.test", "10M").returncode == 0
+    shown = kw.cli("quota", "show", "alice@kittiwake.test")
+    assert "set for this user" in shown.stdout, shown.stdout + shown.stderr
+    removed = kw.cli("user", "remove", "alice@kittiwake.test")
+    assert removed.returncode == 0, removed.stderr
+    kw.add_user("alice@kittiwake.test")
+    shown = kw.cli("quota", "show", "alice@kittiwake.test")
+    assert shown.returncode == 0, shown.stderr
+    assert "the default (kittiwake.xml)" in shown.stdout, shown.stdout
