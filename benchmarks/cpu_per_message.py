@@ -131,8 +131,11 @@ def one_round(
         u1, s1, m1 = tree_times(pids)
     finally:
         stop_server(proc)
-    if not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
+    # The round's files stay until the whole run is over (main() removes the base): on
+    # ext4 without a journal (these machines), creating a file scans past every inode of
+    # its block group freed in the last 60-360 s (fs/ext4/ialloc.c, recently_deleted()),
+    # so deleting a round's thousands of files here made the next round's every file
+    # creation cost hundreds of microseconds of kernel time, for whichever server ran next.
     per = 1e6 / args.messages
     return (u1 - u0) * per, (s1 - s0) * per, (m1 - m0) * per
 

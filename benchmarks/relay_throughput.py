@@ -422,8 +422,11 @@ def run_round(name: str, round_no: int, args: argparse.Namespace, base: Path) ->
         sink.stop()
     if warning:
         print(f"  warning: {name} {warning}", file=sys.stderr)
-    if not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
+    # The round's files stay until the whole run is over (main() removes the base): on
+    # ext4 without a journal (these machines), creating a file scans past every inode of
+    # its block group freed in the last 60-360 s (fs/ext4/ialloc.c, recently_deleted()),
+    # so deleting a round's thousands of files here made the next round's every file
+    # creation cost hundreds of microseconds of kernel time, for whichever server ran next.
     return RoundResult(name, round_no, t_sink, t_client, args.messages, cpu)
 
 
