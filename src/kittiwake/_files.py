@@ -8,10 +8,13 @@ crash must not leave half-written go through :func:`replace_file` (a temporary n
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["replace_file", "write_all", "write_durably"]
+__all__ = ["replace_file", "syncfs", "write_all", "write_durably"]
 
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
@@ -59,3 +62,30 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def _load_syncfs() -> Callable[[int], None] | None:
+    """``syncfs(2)`` from the C library (Linux 2.6.39, glibc 2.14), or None where there
+    is none. Python's ``os`` module does not offer it."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)  # a CDLL call releases the GIL
+        func = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int]
+    func.restype = ctypes.c_int
+
+    def call(fd: int) -> None:
+        if func(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs: {os.strerror(err)}")
+
+    return call
+
+
+#: ``syncfs(fd)``: every dirty page and inode of the filesystem holding ``fd`` is on
+#: stable storage when it returns (the disk's write cache flushed, as by ``fsync``), and
+#: a write-back error on that filesystem since ``fd`` was opened is raised as OSError
+#: (Linux 5.8 and later). None where the C library has no ``syncfs``.
+syncfs: Callable[[int], None] | None = _load_syncfs()

@@ -188,6 +188,7 @@ def test_kittiwake_xml(load_files: LoadFiles) -> None:
         ('<quota storage="lots"/>', "<quota>/@storage", "not a size"),
         ('<quota messages="-1"/>', "<quota>/@messages", "out of range"),
         ('<quota tempfail="maybe"/>', "<quota>/@tempfail", "true or false"),
+        ("<spoolSync>never</spoolSync>", "<spoolSync>", "not one of: filesystem, file"),
     ],
 )
 def test_kittiwake_xml_errors(load_files: LoadFiles, text: str, element: str, reason: str) -> None:
@@ -212,3 +213,15 @@ def test_kittiwake_xml_quota(load_files: LoadFiles) -> None:
     assert server.quota_tempfail is True
     default = load_files({"kittiwake.xml": "<kittiwake/>"}).server
     assert (default.quota_storage, default.quota_messages, default.quota_tempfail) == (0, 0, False)
+
+
+def test_kittiwake_xml_spool_sync(load_files: LoadFiles) -> None:
+    """<spoolSync>: one syncfs per group commit by default, an fsync per file on request;
+    the values are the spool's own."""
+    from kittiwake.config._kittiwake import SPOOL_SYNC_MODES
+    from kittiwake.queue.spool import SYNC_MODES
+
+    assert SPOOL_SYNC_MODES == SYNC_MODES
+    assert load_files({"kittiwake.xml": "<kittiwake/>"}).server.spool_sync == "filesystem"
+    config = load_files({"kittiwake.xml": "<kittiwake><spoolSync> file </spoolSync></kittiwake>"})
+    assert config.server.spool_sync == "file"

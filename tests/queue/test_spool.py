@@ -18,6 +18,8 @@ import pytest
 from spool_helpers import body, commit, spool_files, tiny_tmpfs
 
 from kittiwake.queue import Envelope, Spool, is_queue_id, list_spool, queue_id_slot
+from kittiwake.queue import spool as spool_module
+from kittiwake.queue.spool import SYNC_MODES
 
 T = TypeVar("T")
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -27,9 +29,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def test_commit_then_recover_after_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", SYNC_MODES)
+def test_commit_then_recover_after_restart(tmp_path: Path, sync: str) -> None:
     root = tmp_path / "spool"
-    with Spool(root) as spool:
+    with Spool(root, sync=sync) as spool:
+        assert spool.sync == sync
         data = body("t1")
         qid = run(commit(spool, data, ["a@local.test", "b@local.test"]))
         assert is_queue_id(str(qid))
@@ -404,6 +408,48 @@ def test_100mb_message_streams_without_memory_growth(tmp_path: Path) -> None:
     size, growth_kib = map(int, done.stdout.split())
     assert size == 100 * 1024 * 1024
     assert growth_kib < 4096, f"RSS grew by {growth_kib} KiB"
+
+
+def test_failed_syncfs_fails_the_batch_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write-back error reported by the group flush's syncfs (EIO) fails every commit
+    of the batch: no 250, no data file left, no record; the spool goes on serving."""
+    root = tmp_path / "spool"
+    real = spool_module.syncfs
+    assert real is not None
+    fail = {"n": 1}
+
+    def syncfs(fd: int) -> None:
+        if fail["n"]:
+            fail["n"] -= 1
+            raise OSError(errno.EIO, "syncfs: Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(spool_module, "syncfs", syncfs)
+    with Spool(root) as spool:
+
+        async def go() -> None:
+            with pytest.raises(OSError) as info:
+                await commit(spool, body("lost"))
+            assert info.value.errno == errno.EIO
+            assert spool_files(root) == []
+            await commit(spool, body("after"))
+
+        run(go())
+        assert [e.envelope.size for e in spool.take_ready()] == [len(body("after"))]
+    with Spool(root) as spool:
+        assert len(spool.take_ready()) == 1
+        assert len(spool_files(root)) == 1
+
+
+def test_sync_mode_falls_back_without_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "syncfs", None)
+    assert Spool(tmp_path / "spool").sync == "file"
+    with pytest.raises(ValueError, match="filesystem, file"):
+        Spool(tmp_path / "spool", sync="sometimes")
 
 
 def test_spool_begin_before_open(tmp_path: Path) -> None:

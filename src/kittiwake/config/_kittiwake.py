@@ -7,6 +7,7 @@
   <maildir uid="vmail" gid="vmail" mode="0660"/>   <!-- what Dovecot expects -->
   <tlsHandshakeTimeout>30</tlsHandshakeTimeout>    <!-- seconds -->
   <quota storage="1G" messages="0" tempfail="false"/>  <!-- per mailbox, Maildir++ -->
+  <spoolSync>filesystem</spoolSync> <!-- or "file": see below -->
 </kittiwake>
 ```
 
@@ -19,6 +20,12 @@ size as Dovecot's ``quota_rule`` reads it (``512M``, ``1G``; a plain number is K
 ``0`` or ``unlimited``: none), ``messages`` a count (0: none); ``tempfail="true"``
 makes over quota a temporary LMTP failure (452 4.2.2, Dovecot's
 ``quota_full_tempfail``) instead of 552 5.2.2.
+
+``<spoolSync>``: how a group commit makes the accepted messages durable before their
+``250``. ``filesystem`` (the default): one ``syncfs(2)`` for the whole batch, the
+cheapest, but it also waits for anything else dirty on the filesystem of ``DATA/spool``;
+``file``: an ``fsync`` per message file, for a spool that shares a busy filesystem
+(``kittiwake.queue.spool`` explains both).
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ from kittiwake.config._xml import element_text, note_attributes, read_xml
 __all__ = ["FILE", "read_kittiwake"]
 
 FILE = "kittiwake.xml"
+#: ``<spoolSync>``'s values (kittiwake.queue.spool.SYNC_MODES; the config layer reads
+#: files and imports nothing from the layers that use it)
+SPOOL_SYNC_MODES = ("filesystem", "file")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-$")
 
 
@@ -109,6 +119,12 @@ def read_kittiwake(path: Path, findings: Findings) -> dict[str, Any]:
                         out["maildir_mode"] = _mode(raw.strip())
                     except Invalid as exc:
                         findings.error(f"{where}/@mode", str(exc))
+            elif child.tag == "spoolSync":
+                note_attributes(child, where, findings)
+                mode = element_text(child).strip()
+                if mode not in SPOOL_SYNC_MODES:
+                    raise Invalid(f"{mode!r} is not one of: {', '.join(SPOOL_SYNC_MODES)}")
+                out["spool_sync"] = mode
             elif child.tag == "quota":
                 _quota(child, where, findings, out)
             else:

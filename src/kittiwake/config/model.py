@@ -225,6 +225,9 @@ class ServerOptions:
     postmaster: str = "postmaster@localhost"
     #: spool worker tasks delivering from the spool
     spool_threads: int = 1
+    #: ``kittiwake.xml <spoolSync>``: how the spool makes a batch of accepted messages
+    #: durable: "filesystem" (one syncfs per group commit) or "file" (an fsync per file)
+    spool_sync: str = "filesystem"
     #: seconds to let open transactions finish on SIGTERM
     shutdown_grace: float = 30.0
     #: ``kittiwake.xml <user>``: started as root, kittiwake binds its ports and then runs

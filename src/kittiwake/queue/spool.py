@@ -19,12 +19,25 @@ the spool does (file creation alone is ~30 µs of kernel time, and each fsync mo
 Commit, in a worker thread (the event loop never waits on the disk):
 
 1. create the data file if it is still only in memory (a small message is written in
-   one go at commit, with ``O_DSYNC``: durable when the write returns); a large one
-   spilled to its file as it streamed, and is ``fsync``-ed now;
+   one go at commit); a large one spilled to its file as it streamed;
 2. queue its record for the next group flush, and wait for that flush, which does:
-   ``fsync(NN/)`` (the names of every data file committed so far are durable), one
-   ``write`` of all queued records to the segment, opened ``O_DSYNC`` (the write
-   returns once the records are on disk, as ``write`` + ``fdatasync`` would).
+   make the data files of the batch and their names durable, then one ``write`` of all
+   queued records to the segment, opened ``O_DSYNC`` (the write returns once the
+   records are on disk, as ``write`` + ``fdatasync`` would).
+
+How the data files become durable is :attr:`Spool.sync`:
+
+* ``"filesystem"`` (the default on Linux): one ``syncfs(2)`` per flush, for every data
+  file of the batch at once. Per file, an ``fsync`` of a new file on ext4 writes its
+  data block, its inode's table block and its directory block, and flushes the disk's
+  write cache; at 20 concurrent sessions that is the largest kernel cost of a message.
+  One ``syncfs`` writes the blocks the batch shares once and flushes once (measured:
+  about 150 µs of CPU less per message, 10-15 % more messages per second). The cost:
+  a flush also waits for whatever else is dirty on that filesystem, so the spool
+  belongs on a filesystem without heavy unrelated writers (its own, as Postfix's
+  queue often is); there, ``"file"`` is the choice.
+* ``"file"``: each data file is written ``O_DSYNC`` (a spilled one ``fsync``-ed), then
+  one ``fsync`` of the slot directory per flush makes the new names durable.
 
 The record is the commit point. A crash before it leaves a data file without a record
 (removed by recovery); a crash in the middle of it leaves a torn record (skipped:
@@ -50,6 +63,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from kittiwake._files import syncfs
 from kittiwake.queue import _slots
 from kittiwake.queue._committer import GroupCommitter
 from kittiwake.queue._envelope import Envelope, SpoolEntry, iter_records
@@ -57,13 +71,16 @@ from kittiwake.queue._qid import MAX_SLOTS, QueueIdAllocator, is_queue_id
 from kittiwake.queue._slots import SlotState
 from kittiwake.queue._writer import O_NEW, PendingCommit, SpoolWriter, write_all
 
-__all__ = ["Envelope", "Spool", "SpoolEntry", "SpoolWriter", "list_spool"]
+__all__ = ["SYNC_MODES", "Envelope", "Spool", "SpoolEntry", "SpoolWriter", "list_spool"]
 
 log = logging.getLogger("kittiwake.queue")
 
 #: the queue-ID clock floor is saved this far ahead of the IDs actually issued, so it
 #: only needs rewriting about once a second
 _FLOOR_MARGIN_MS = 2000
+
+#: how a group flush makes the batch's data files durable (see the module doc)
+SYNC_MODES = ("filesystem", "file")
 
 
 class Spool:
@@ -81,6 +98,7 @@ class Spool:
         threads: int = 16,
         segment_bytes: int = 4 << 20,
         memory_threshold: int = 64 << 10,
+        sync: str = "filesystem",
     ) -> None:
         """Args:
         root: the spool directory, created 0700 if missing.
@@ -89,7 +107,16 @@ class Spool:
         segment_bytes: rotate the envelope log past this size.
         memory_threshold: bytes a message may hold in memory before it spills to
             its file (bounds memory per session).
+        sync: one of :data:`SYNC_MODES`; ``"filesystem"`` falls back to ``"file"``
+            where the C library has no ``syncfs``.
+
+        Raises:
+            ValueError: ``sync`` is not one of :data:`SYNC_MODES`.
         """
+        if sync not in SYNC_MODES:
+            raise ValueError(f"spool sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
+        #: the durability mode in force (``"file"`` when ``syncfs`` is missing)
+        self.sync = sync if sync == "file" or syncfs is not None else "file"
         self.root = root
         self.segment_bytes = segment_bytes
         self.memory_threshold = memory_threshold
@@ -268,11 +295,17 @@ class Spool:
 
     # -- the two halves of a commit (worker threads, see _committer) ----------------
 
-    @staticmethod
-    def _prepare(commit: PendingCommit) -> None:
-        """Write (if still in memory) and fsync the data file."""
+    def _prepare(self, commit: PendingCommit) -> None:
+        """Write the data file if it is still in memory; with ``sync="file"``, make
+        its data durable too."""
         fd, commit.fd = commit.fd, -1
         try:
+            if self.sync == "filesystem":  # the flush's syncfs makes it durable
+                if fd < 0:
+                    fd = os.open(commit.entry.data_path, O_NEW, 0o600)
+                if commit.data:
+                    write_all(fd, commit.data)
+                return
             if fd < 0 and commit.data:
                 # O_DSYNC: the write returns once the data and the size are on disk,
                 # as after fdatasync (what a new file needs; its name is made durable
@@ -312,9 +345,13 @@ class Spool:
         if carried:
             records[:0] = [rec for _q, rec in carried]
         payload = b"".join(records)
-        # The directory fsync makes the names of the data files (and of a new segment)
+        # The data files (with "filesystem"), their names and a new segment's name are
         # durable before any record that points at them.
-        os.fsync(self._dir_fd)
+        if self.sync == "filesystem":
+            assert syncfs is not None
+            syncfs(self._dir_fd)
+        else:
+            os.fsync(self._dir_fd)
         offset = self._seg_size
         try:
             _pwrite_all(self._seg_fd, payload, offset)  # O_DSYNC: durable on return
