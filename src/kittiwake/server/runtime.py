@@ -105,7 +105,7 @@ class Server:
         self.hook_stores = SqliteHookStores(data_dir)
         for domain in config.domains.domain_names:
             self.store.add_domain(domain)
-        self.spool = Spool(data_dir / "spool", threads=4, sync=config.server.spool_sync)
+        self.spool = Spool(data_dir / "spool", sync=config.server.spool_sync)
         self.journal = Journal(data_dir / "journal", spool=data_dir / "spool")
         resolver = LocalResolver(self.store, self.store, config.server.postmaster)
         self._resolver = resolver
