@@ -38,7 +38,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from smtp_throughput import BenchError, clean_env, free_port, indent, wait_for_greeting
+from smtp_throughput import (
+    BenchError,
+    clean_env,
+    free_port,
+    indent,
+    wait_for_greeting,
+    wait_until_settled,
+)
 
 SOURCE = "/usr/sbin/smtp-source"
 SINK = "/usr/sbin/smtp-sink"
@@ -521,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: list[RoundResult] = []
     try:
+        wait_until_settled(base)  # file creation is slow for minutes after mass deletions
         for round_no in range(1, args.rounds + 1):
             order = names if round_no % 2 else list(reversed(names))
             for name in order:
