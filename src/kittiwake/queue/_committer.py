@@ -7,10 +7,10 @@ Worker threads take jobs from a queue and run ``prepare``. The thread that finis
 job that is waiting, and keeps going while more arrive, then returns to ``prepare``
 work. One fsync in ``flush`` therefore covers every job prepared before it started.
 
-A caller may also run ``prepare`` itself (the spool does on the event loop when it is
-only a write to the page cache) and hand over a *prepared* job: it goes straight to the
-waiting list, and a thread is woken only if no flush is running. Under load a flush is
-nearly always running, so such a commit costs no thread hand-off at all.
+With ``inline_prepare`` (the spool's choice when ``prepare`` is only a write to the page
+cache), ``prepare`` runs on the event loop in :meth:`GroupCommitter.commit` and the job
+goes straight to the waiting list; a thread is woken only if no flush is running. Under
+load a flush is nearly always running, so such a commit costs no thread hand-off at all.
 
 Results reach the event loop in bursts: one ``call_soon_threadsafe`` wakes the loop for
 every job finished since the loop last drained, not one per job. Measured on the 2-core
@@ -70,6 +70,8 @@ class GroupCommitter(Generic[T]):
         abandon: Callable[[T], None],
         on_committed: Callable[[], object],
         name: str = "kw-spool",
+        *,
+        inline_prepare: bool = False,
     ) -> None:
         """Args:
         threads: worker threads; about as many fsyncs run at once.
@@ -78,11 +80,13 @@ class GroupCommitter(Generic[T]):
         abandon: cleanup for a job whose ``prepare`` or ``flush`` failed.
         on_committed: called on the event loop after a burst with at least one success.
         name: thread name prefix.
+        inline_prepare: run ``prepare`` on the caller's event loop (it must not block).
         """
         self._prepare = prepare
         self._flush = flush
         self._abandon = abandon
         self._on_committed = on_committed
+        self._inline_prepare = inline_prepare
         self._jobs: queue.SimpleQueue[Job[T] | object | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting: list[Job[T]] = []  # prepared, not yet flushed
@@ -96,9 +100,8 @@ class GroupCommitter(Generic[T]):
         for t in self._threads:
             t.start()
 
-    async def commit(self, payload: T, *, prepared: bool = False) -> None:
-        """Run both halves for ``payload`` (only ``flush`` if the caller ran ``prepare``
-        already: ``prepared``); return when its flush is durable.
+    async def commit(self, payload: T) -> None:
+        """Run both halves for ``payload``; return when its flush is durable.
 
         If the awaiting task is cancelled, the job still runs to its end.
 
@@ -108,9 +111,14 @@ class GroupCommitter(Generic[T]):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         job = Job(payload, loop, fut)
-        if not prepared:
+        if not self._inline_prepare:
             self._jobs.put(job)
         else:
+            try:
+                self._prepare(payload)
+            except BaseException:
+                self._abandon(payload)
+                raise
             with self._lock:
                 self._waiting.append(job)
                 wake = not self._flushing

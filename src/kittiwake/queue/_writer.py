@@ -177,19 +177,8 @@ class SpoolWriter:
         self._buffer = []
         fd, self._fd = self._fd, -1
         entry = SpoolEntry(envelope, self.path, self._spool.slot, False)
-        pending = PendingCommit(entry, fd, data, encode_record(envelope))
-        # With one syncfs per flush, preparing is writing to the page cache: done here,
-        # it saves a thread hand-off per message (the flush runs in a thread).
-        inline = self._spool.sync == "filesystem"
-        if inline:
-            try:
-                self._spool._prepare(pending)
-            except BaseException:
-                self._spool._abandon(pending)
-                self._state = "failed"
-                raise
         try:
-            await committer.commit(pending, prepared=inline)
+            await committer.commit(PendingCommit(entry, fd, data, encode_record(envelope)))
         except asyncio.CancelledError:
             # The commit goes on in its thread; if it succeeds the message is delivered
             # (the client just never hears 250). State stays "committing": abort() is
