@@ -12,14 +12,16 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from spool_helpers import body, commit, spool_files
 
 from kittiwake.delivery import Journal, MaildirDeliverer, Status, maildir_name
+from kittiwake.delivery.base import DeliveryJob, Outcome
 from kittiwake.queue import Spool, SpoolRunner
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -337,51 +339,153 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tmp_path: Path)
     assert spool_files(tmp_path / "spool") == []
 
 
-def test_remote_recipients_stay_queued(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Issue 5: mail accepted for relay is kept until RemoteDelivery exists: never
-    dropped, never bounced, logged once; local recipients of the same message are
-    delivered at once, and a restart delivers nothing twice."""
+class Holding:
+    """A deliverer that delivers local recipients into Maildirs and *holds* the others,
+    as RemoteDelivery's first attempt from the spool does: each hold is registered
+    with the runner and released by the test."""
+
+    def __init__(self, node: Node, is_local: Callable[[str], bool], early: bool = False) -> None:
+        self.node = node
+        self.is_local = is_local
+        self.early = early  # release each hold before the batch returns (a fast remote)
+        self.held: list[tuple[str, list[int]]] = []
+        self.runs: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.loop = asyncio.get_running_loop()
+
+    def deliver(self, jobs: Sequence[DeliveryJob]) -> list[list[Outcome]]:
+        local = [
+            DeliveryJob(
+                j.queue_id,
+                j.data_path,
+                j.received_at,
+                j.size,
+                j.recovered,
+                tuple(t for t in j.targets if self.is_local(t.recipient)),
+            )
+            for j in jobs
+        ]
+        results = self.node.deliverer.deliver(local)
+        out: list[list[Outcome]] = []
+        for job, outcomes in zip(jobs, results, strict=True):
+            away = [t for t in job.targets if not self.is_local(t.recipient)]
+            for t in job.targets:
+                self.runs[(job.queue_id, t.index)] += 1
+            if away:
+                self.node.runner.holds.hold(job.queue_id)
+                indexes = [t.index for t in away]
+                if self.early:
+                    released = threading.Event()
+
+                    def release(
+                        qid: str = job.queue_id,
+                        ix: list[int] = indexes,
+                        ev: threading.Event = released,
+                    ) -> None:
+                        self.node.runner.holds.release(qid, ix, done=True)
+                        ev.set()
+
+                    self.loop.call_soon_threadsafe(release)
+                    assert released.wait(5)
+                else:
+                    self.held.append((job.queue_id, indexes))
+            out.append(
+                list(outcomes)
+                + [Outcome(t.index, t.recipient, Status.HELD, "", "", "away") for t in away]
+            )
+        return out
+
+
+async def settle(node: Node, done: Callable[[], bool]) -> None:
+    for _ in range(200):
+        await node.runner.wait_idle(10)
+        if done():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not settled")
+
+
+def test_held_recipients_keep_the_entry_until_released(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A held recipient (RemoteDelivery's first attempt from the spool) keeps its spool
+    entry, parked (never retried meanwhile, never logged as delivered); released as done,
+    the entry goes; released as not done, only that recipient runs again (the local
+    one is not delivered twice); a stop leaves a parked entry for the next start."""
     caplog.set_level(logging.INFO, logger="kittiwake.mail")
 
-    def remote(rcpt: str) -> bool:
-        return not rcpt.lower().endswith("@local.test")
+    def is_local(rcpt: str) -> bool:
+        return rcpt.lower().endswith("@local.test")
 
-    async def go() -> tuple[str, str]:
+    async def go() -> tuple[str, str, str]:
         node = Node(tmp_path, users("alice@local.test"), sweep_interval=3600, retry_base=0.01)
-        node.runner.is_remote = remote
+        holding = Holding(node, is_local)
+        node.runner.deliverer = holding
         await node.runner.start()
         mixed = await commit(node.spool, body("mixed"), ["alice@local.test", "bob@remote.test"])
         only = await commit(node.spool, body("relay"), ["carol@remote.test"])
-        await node.runner.wait_idle(10)
+        kept = await commit(node.spool, body("kept"), ["dave@remote.test"])
+        await settle(node, lambda: len(node.runner.parked) == 3)
         await asyncio.sleep(0.2)  # no retry timer may spin on them
         await node.runner.wait_idle(10)
-        assert set(node.runner.held) == {mixed, only}
-        await node.stop()
-        return mixed, only
+        assert set(node.runner.parked) == {mixed, only, kept}
+        assert len(spool_files(tmp_path / "spool")) == 3
+        assert max(holding.runs.values()) == 1
+        held = dict(holding.held)
+        holding.held.clear()
 
-    mixed, only = asyncio.run(go())
+        node.runner.holds.release(only, held[only], done=True)
+        node.runner.holds.release(mixed, held[mixed], done=False)
+        await settle(node, lambda: bool(holding.held))
+        assert holding.held == [(mixed, held[mixed])]  # bob again, on his own
+        assert holding.runs[(mixed, 0)] == 1 and holding.runs[(mixed, 1)] == 2
+        node.runner.holds.release(mixed, held[mixed], done=True)
+        await settle(node, lambda: set(node.runner.parked) == {kept})
+        await settle(node, lambda: len(spool_files(tmp_path / "spool")) == 1)
+        assert len(node.runner.holds) == 1  # kept's only
+        await node.stop()  # kept is still held: it stays in the spool
+        return mixed, only, kept
+
+    _, _, kept = asyncio.run(go())
     assert sorted(tokens(tmp_path, "alice@local.test")) == ["mixed"]
-    assert len(spool_files(tmp_path / "spool")) == 2  # both still queued
+    names = spool_files(tmp_path / "spool")
+    assert len(names) == 1 and kept in names[0]
     lines = [r.getMessage() for r in caplog.records if r.name == "kittiwake.mail"]
-    held = [ln for ln in lines if "RemoteDelivery" in ln]
-    assert sorted(held) == sorted(
-        [
-            f"{mixed}: to=<bob@remote.test>, status=deferred, dsn=4.4.0, reason=kept in the "
-            "queue for RemoteDelivery (not implemented yet)",
-            f"{only}: to=<carol@remote.test>, status=deferred, dsn=4.4.0, reason=kept in the "
-            "queue for RemoteDelivery (not implemented yet)",
-        ]
-    )
-    assert not any("status=failed" in ln or "bounce" in ln for ln in lines)
+    assert any("alice@local.test" in ln for ln in lines)
+    assert not any("remote.test" in ln for ln in lines)  # its taker logs what happens
 
-    async def again() -> None:  # a restart: recovered, parked again, alice not twice
+    async def again() -> None:  # a restart: the parked entry runs again, and is held
         node = Node(tmp_path, users("alice@local.test"), sweep_interval=3600)
-        node.runner.is_remote = remote
+        holding = Holding(node, is_local, early=True)
+        node.runner.deliverer = holding
         await node.runner.start()
-        await node.runner.wait_idle(10)
-        assert set(node.runner.held) == {mixed, only}
+        await settle(node, lambda: not spool_files(tmp_path / "spool"))
+        assert list(holding.runs) == [(kept, 0)]
+        assert node.runner.parked == {} and len(node.runner.holds) == 0
         await node.stop()
 
     asyncio.run(again())
+    assert spool_files(tmp_path / "spool") == []
     assert sorted(tokens(tmp_path, "alice@local.test")) == ["mixed"]
-    assert len(spool_files(tmp_path / "spool")) == 2
+
+
+def test_a_hold_released_before_its_batch_returns(tmp_path: Path) -> None:
+    """A remote server faster than the rest of the batch: the release is taken in when
+    the batch's result comes, and the entry goes at once (nothing parked, no retry)."""
+
+    async def go() -> None:
+        node = Node(tmp_path, users("alice@local.test"), sweep_interval=3600)
+        holding = Holding(node, lambda r: r.endswith("@local.test"), early=True)
+        node.runner.deliverer = holding
+        await node.runner.start()
+        qids = [
+            await commit(node.spool, body(f"m{i}"), ["alice@local.test", f"x{i}@remote.test"])
+            for i in range(20)
+        ]
+        await settle(node, lambda: not spool_files(tmp_path / "spool"))
+        assert node.runner.parked == {} and len(node.runner.holds) == 0
+        assert set(holding.runs.values()) == {1}
+        assert {q for q, _ in holding.runs} == set(qids)
+        await node.stop()
+
+    asyncio.run(go())
+    assert len(tokens(tmp_path, "alice@local.test")) == 20

@@ -24,6 +24,10 @@ class Status(Enum):
     SENT = "sent"  # final: in the mailbox, durably
     FAILED = "failed"  # final: will never succeed (no such mailbox); bounce later
     DEFERRED = "deferred"  # temporary: try again later (disk full, I/O error)
+    #: not final, not to retry: another part of the server has the recipient now and
+    #: reports to the spool runner when it is done (RemoteDelivery's first attempt,
+    #: made straight from the spool: :class:`kittiwake.queue.runner.Holds`)
+    HELD = "held"
 
 
 @dataclass(frozen=True, slots=True)

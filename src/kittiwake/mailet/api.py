@@ -230,6 +230,13 @@ class MailetContext(Protocol):
         delivered), for the log and the spool."""
         ...
 
+    def hold(self, mail: Mail, detail: str) -> Callable[[bool], None] | None:
+        """Keep the spool entry ``mail`` came from until the returned function is called
+        (on the event loop; True: its recipients are taken care of for good, False:
+        they must run through the container again). None: this mail cannot be held
+        (not the spool entry's own mail, or no spool runner here): store it instead."""
+        ...
+
 
 class MailetConfig:
     """A mailet's (or matcher's) configuration: its name and its parameters."""

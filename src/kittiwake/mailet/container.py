@@ -66,6 +66,7 @@ from kittiwake.mailet.message import Message
 from kittiwake.mailet.repository import RepositoryStore, deferred_sync
 from kittiwake.policy.rewrite import EMPTY_TABLE, RewriteTable
 from kittiwake.queue._envelope import Envelope
+from kittiwake.queue.runner import Holds
 
 __all__ = ["MAXIMUM_FAILURE_COUNT", "Container", "ContainerContext", "MailetDeliverer"]
 
@@ -153,6 +154,8 @@ class ContainerContext:
         self.container: Container | None = None
         #: spools the new mails of :meth:`enqueue` (None: no spool, processed at once)
         self.enqueuer: Enqueuer | None = None
+        #: the spool runner's holds (:meth:`hold`); None: no runner, nothing is held
+        self.holds: Holds | None = None
 
     # -- MailetContext ---------------------------------------------------------
 
@@ -238,6 +241,23 @@ class ContainerContext:
             found = _STATUS.search(mail.error_message or "")
             dsn = found.group(1) if found else "5.0.0"
         self._run().record(mail, mail.recipients, (status, dsn, "", detail))
+
+    def hold(self, mail: Mail, detail: str) -> Callable[[bool], None] | None:
+        holds = self.holds
+        run: _Run | None = getattr(self._current, "run", None)
+        if holds is None or run is None:
+            return None
+        qid = run.job.queue_id
+        if mail.name != qid or mail.name in run.lineage:
+            return None  # a mail made by a mailet: its own outcomes, not the entry's
+        indexes = sorted({i for rcpt in mail.recipients for i in run.indexes(mail, rcpt)})
+        holds.hold(qid)
+        run.record(mail, mail.recipients, (Status.HELD, "", "", detail))
+
+        def release(done: bool) -> None:
+            holds.release(qid, indexes, done=done)
+
+        return release
 
 
 class Container:
@@ -602,8 +622,9 @@ class MailetDeliverer:
                 out.append(Outcome(t.index, t.recipient, Status.SENT, "2.0.0", "", "processed"))
                 continue
             deferred = [f for f in found if f[0] is Status.DEFERRED]
+            held = [f for f in found if f[0] is Status.HELD]
             sent = [f for f in found if f[0] is Status.SENT]
-            pick = deferred[0] if deferred else sent[0] if sent else found[0]
+            pick = deferred[0] if deferred else held[0] if held else sent[0] if sent else found[0]
             locations = ",".join(sorted({f[2] for f in sent if f[2]}))
             out.append(
                 Outcome(t.index, t.recipient, pick[0], pick[1], locations or pick[2], pick[3])

@@ -48,6 +48,7 @@ Every parameter given must be one kittiwake honours: any other stops the start.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -56,6 +57,7 @@ import os
 import random
 import re
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -209,6 +211,13 @@ class RemoteDelivery(Mailet):
         #: it was kept in memory (see ``service``)
         self._fresh: dict[str, Mail | None] = {}
         self._fresh_bytes = 0
+        #: mails ``service`` left in the spool for a first attempt from memory, with
+        #: the function that releases their spool entries (see ``service``)
+        self._direct: collections.deque[tuple[Mail, Callable[[bool], None], int]] = (
+            collections.deque()
+        )
+        self._direct_lock = threading.Lock()
+        self._direct_bytes = 0  # of the mails in _direct and in their first attempt
 
     @property
     def repo(self) -> MailRepository:
@@ -217,10 +226,12 @@ class RemoteDelivery(Mailet):
     # -- the mailet: into the outgoing repository -------------------------------
 
     def service(self, mail: Mail) -> None:
+        loop = self._loop
+        if loop is not None and not self.use_priority and self._direct_first(mail, loop):
+            return
         repo = self.repo
         key = repo.store(mail)
         log.info("%s: queued for remote delivery as %s/%s", mail.name, repo.name, key)
-        loop = self._loop
         if loop is not None:
             # handed to the delivery task at once (no wait for a sweep) and, small
             # enough, in memory: its first attempt does not read the files back. The
@@ -231,6 +242,40 @@ class RemoteDelivery(Mailet):
                 loop.call_soon_threadsafe(self._arrived, key, copy)
         self.context.finished(mail, f"queued in repository {repo.name} for remote delivery")
         mail.state = GHOST
+
+    def _direct_first(self, mail: Mail, loop: asyncio.AbstractEventLoop) -> bool:
+        """The first attempt straight from the spool, as Postfix makes it from its
+        queue file: the spool entry is held (not finished) until the attempt is over,
+        and only a mail that attempt could not deliver is stored in the outgoing
+        repository, for its retries. Storing every mail first (two files, their
+        fsyncs, a lock, then three removals) cost more than half of what relaying a
+        message costs (benchmarks/relay_throughput.py). Durable all the same: the
+        spool entry is the mail until the release, and a crash before it sends the
+        mail again from the spool at the next start (at least once, as ever).
+
+        False: store it instead (larger than what is kept in memory, over the memory
+        budget, or a mail the spool cannot hold for us)."""
+        size = mail.message.size
+        with self._direct_lock:
+            if size > _FRESH_MAX or self._direct_bytes + size > _FRESH_BYTES:
+                return False
+            self._direct_bytes += size
+        release = self.context.hold(mail, "remote delivery from the spool")
+        copy = _stored_copy(mail) if release is not None else None
+        if release is None or copy is None:
+            with self._direct_lock:
+                self._direct_bytes -= size
+            return False
+        mail.state = GHOST
+        with contextlib.suppress(RuntimeError):  # a closed loop: stopping; it stays spooled
+            loop.call_soon_threadsafe(self._arrived_direct, copy, release, size)
+        return True
+
+    def _arrived_direct(self, copy: Mail, release: Callable[[bool], None], size: int) -> None:
+        """In the event loop: a mail for its first attempt from the spool."""
+        self._direct.append((copy, release, size))
+        if self._wake is not None:
+            self._wake.set()
 
     def _arrived(self, key: str, copy: Mail | None) -> None:
         """In the event loop: ``key`` was stored by ``service``."""
@@ -305,6 +350,12 @@ class RemoteDelivery(Mailet):
                         due, wait = [], _SWEEP
                     next_sweep = loop.time() + max(wait, 0.01)
                 due.reverse()  # popped from the end: in order
+                while self._direct:
+                    await sem.acquire()
+                    first, release, size = self._direct.popleft()
+                    task = asyncio.create_task(self._attempt_direct(first, release, size, sem))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
                 while due or self._fresh:
                     key = due.pop() if due else next(iter(self._fresh))
                     copy = self._fresh.pop(key, None)
@@ -398,6 +449,27 @@ class RemoteDelivery(Mailet):
             await self._settle(repo, key, mail, result, attempts, had_retry=bool(retry))
         finally:
             os.close(lock)
+
+    async def _attempt_direct(
+        self, mail: Mail, release: Callable[[bool], None], size: int, sem: asyncio.Semaphore
+    ) -> None:
+        """The first attempt of a mail held in the spool (see ``_direct_first``); its
+        entry is released once the mail is sent, bounced or stored for a retry. Not
+        when stopping: the entry stays in the spool for the next start."""
+        done = False
+        try:
+            result = await self._deliver(mail, 1)
+            await self._settle(self.repo, None, mail, result, 1, had_retry=False)
+            done = True
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: remote delivery failed unexpectedly; it runs again", mail.name)
+        finally:
+            sem.release()
+            with self._direct_lock:
+                self._direct_bytes -= size
+        release(done)
 
     async def _deliver(self, mail: Mail, attempt: int) -> Result:
         result = Result()
@@ -543,7 +615,7 @@ class RemoteDelivery(Mailet):
     async def _settle(
         self,
         repo: MailRepository,
-        key: str,
+        key: str | None,
         mail: Mail,
         result: Result,
         attempts: int,
@@ -592,7 +664,12 @@ class RemoteDelivery(Mailet):
             }
 
             def keep() -> None:
-                if later != mail.recipients:
+                if key is None:  # a first attempt from the spool: stored only now
+                    mail.recipients = later
+                    new = repo.store(mail)
+                    write_retry(repo, new, state)
+                    log.info("%s: queued for remote delivery as %s/%s", mail.name, repo.name, new)
+                elif later != mail.recipients:
                     mail.recipients = later
                     new = repo.store(mail)
                     write_retry(repo, new, state)
@@ -601,7 +678,7 @@ class RemoteDelivery(Mailet):
                     write_retry(repo, key, state)
 
             await asyncio.to_thread(keep)
-        else:
+        elif key is not None:
             # sent (or bounced/handed on, durably): the removal need not wait for its
             # directory fsync (see MailRepository.remove)
             await asyncio.to_thread(

@@ -16,11 +16,17 @@ releases a worker at once. A worker also wakes for retries of deferred recipient
 slots of dead processes (their entries are delivered with the careful, idempotent
 path; see :mod:`kittiwake.delivery.maildir`).
 
-Recipients on other hosts (relayed for an authenticated client, or forwarded by an
-alias) are RemoteDelivery's, which does not exist yet: ``is_remote`` picks them out,
-they are never handed to the deliverer, and their message stays in the spool, parked
-(no retry timer), logged once per process as ``status=deferred``; never dropped, never
-bounced. A restart finds it again (and delivers nothing twice: the journal).
+Held recipients: a deliverer may answer ``HELD`` for a recipient that another part of
+the server has taken on without the spool entry being finished (RemoteDelivery's first
+attempt, made straight from the spool file instead of a copy in its outgoing
+repository). The taker registers each hold in :attr:`SpoolRunner.holds` (from the
+delivery thread, before the batch returns) and releases it on the event loop when the
+recipient is taken care of for good (sent, bounced, or stored in the outgoing
+repository for later attempts), or releases it as not done (the entry then runs again
+for those recipients). Meanwhile the entry stays in the spool, parked: no retry timer,
+never run again for a held recipient. A crash or a stop before the release leaves the
+entry in the spool, and the next start runs it again: the first attempt is at least
+once, as every remote delivery is.
 
 Each message's outcome is logged on ``kittiwake.mail`` the way Postfix does::
 
@@ -32,8 +38,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from kittiwake.delivery.base import Deliverer, DeliveryJob, Outcome, Status, Target
@@ -43,6 +50,67 @@ __all__ = ["SpoolRunner"]
 
 log = logging.getLogger("kittiwake.queue")
 mail_log = logging.getLogger("kittiwake.mail")
+
+
+class _Hold:
+    __slots__ = ("done", "open", "redo")
+
+    def __init__(self) -> None:
+        self.open = 0  # holds not released yet
+        self.done: set[int] = set()  # indexes released as taken care of
+        self.redo: set[int] = set()  # indexes released as not done: to run again
+
+
+class Holds:
+    """The held recipients of the spool entries (thread-safe: a hold is taken in a
+    delivery thread, released on the event loop). A queue ID's record lives from its
+    first hold until the runner has taken in every release."""
+
+    def __init__(self, on_settled: Callable[[str], None]) -> None:
+        self._lock = threading.Lock()
+        self._by_qid: dict[str, _Hold] = {}
+        self._on_settled = on_settled
+
+    def hold(self, queue_id: str) -> None:
+        """One more hold on ``queue_id``'s entry (the deliverer answers HELD for its
+        recipients): it stays in the spool until every hold is released."""
+        with self._lock:
+            found = self._by_qid.get(queue_id)
+            if found is None:
+                found = self._by_qid[queue_id] = _Hold()
+            found.open += 1
+
+    def release(self, queue_id: str, indexes: Iterable[int], *, done: bool) -> None:
+        """On the event loop: a hold ends; ``done``: its recipient indexes are taken care
+        of for good; else they must run again."""
+        with self._lock:
+            found = self._by_qid.get(queue_id)
+            if found is None or found.open == 0:
+                raise RuntimeError(f"{queue_id}: released more often than held")
+            found.open -= 1
+            (found.done if done else found.redo).update(indexes)
+            settled = found.open == 0
+        if settled:
+            self._on_settled(queue_id)
+
+    def is_open(self, queue_id: str) -> bool:
+        with self._lock:
+            found = self._by_qid.get(queue_id)
+            return found is not None and found.open > 0
+
+    def take(self, queue_id: str) -> tuple[set[int], set[int]] | None:
+        """The released indexes (done, to run again) once no hold is open, and forget
+        them; None while a hold is open or when there is nothing to take."""
+        with self._lock:
+            found = self._by_qid.get(queue_id)
+            if found is None or found.open > 0:
+                return None
+            del self._by_qid[queue_id]
+            return found.done, found.redo
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_qid)
 
 
 class SpoolRunner:
@@ -59,7 +127,6 @@ class SpoolRunner:
         sweep_interval: float = 10.0,
         retry_base: float = 1.0,
         retry_max: float = 300.0,
-        is_remote: Callable[[str], bool] | None = None,
         gather_delay: float = 0.005,
     ) -> None:
         """Args:
@@ -72,8 +139,6 @@ class SpoolRunner:
         sweep_interval: seconds between looks for dead processes' spool slots.
         retry_base: seconds before the first retry of a deferred recipient; doubles.
         retry_max: longest wait between retries.
-        is_remote: recipient address -> it is for another host (kept in the spool for
-            RemoteDelivery); None = every recipient is local.
         gather_delay: seconds an idle worker waits after the first entry is ready, so
             that the entries committed meanwhile share its batch (0: none).
         """
@@ -85,10 +150,12 @@ class SpoolRunner:
         self.sweep_interval = sweep_interval
         self.retry_base = retry_base
         self.retry_max = retry_max
-        self.is_remote = is_remote
         self.gather_delay = gather_delay
-        #: messages waiting only for RemoteDelivery: queue id -> entry (kept in the spool)
-        self.held: dict[str, SpoolEntry] = {}
+        #: recipients another part of the server has taken on (see the module docstring)
+        self.holds = Holds(self._settled)
+        #: entries waiting only for the release of their holds: queue id -> entry
+        self.parked: dict[str, SpoolEntry] = {}
+        self._finished: list[SpoolEntry] = []  # released for good: to remove
         self._ready: list[SpoolEntry] = []
         self._retries: list[tuple[float, str, SpoolEntry]] = []  # heap by due time
         self._done: dict[str, set[int]] = {}  # queue id -> finished recipient indexes
@@ -134,12 +201,16 @@ class SpoolRunner:
     async def stop(self) -> None:
         """Finish the batches in flight, then stop (and close the spool if
         :meth:`start` opened it). What was not started stays in the spool for the
-        next start."""
+        next start, and so do parked entries (stop their holders first: a hold
+        released after this is not taken in)."""
         self._stopping = True
         self._wakeup.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks = []
+        if self._finished and self._pool is not None:  # released for good: not again
+            gone, self._finished = self._finished, []
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._remove, gone)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -156,7 +227,7 @@ class SpoolRunner:
         async with asyncio.timeout(timeout):
             while True:
                 self._collect()
-                if not self._ready and not self._busy:
+                if not self._ready and not self._busy and not self._finished:
                     return
                 self._idle.clear()
                 self._wakeup.set()
@@ -186,6 +257,14 @@ class SpoolRunner:
                 return
             if time.monotonic() >= self._next_sweep and not self._sweeping:
                 await self._sweep(loop)
+                continue
+            if self._finished:
+                gone, self._finished = self._finished, []
+                self._busy += 1
+                try:
+                    await loop.run_in_executor(self._pool, self._remove, gone)
+                finally:
+                    self._busy -= 1
                 continue
             if not self._ready:
                 if not self._busy:
@@ -229,32 +308,30 @@ class SpoolRunner:
     async def _deliver(self, loop: asyncio.AbstractEventLoop, batch: list[SpoolEntry]) -> None:
         jobs: list[DeliveryJob] = []
         entries: list[SpoolEntry] = []
-        resolve, done_map, is_remote = self.resolve, self._done, self.is_remote
-        held: dict[str, set[int]] = {}  # queue id -> local target indexes of this batch
+        resolve, done_map = self.resolve, self._done
         for entry in batch:
             env = entry.envelope
-            done = done_map.get(env.queue_id)
+            qid = env.queue_id
+            if not self._absorb(qid):  # holds still open: nothing runs before they end
+                self.parked[qid] = entry
+                continue
+            done = done_map.get(qid)
             try:
-                pending = [
-                    (i, rcpt)
-                    for i, rcpt in enumerate(env.recipients)
+                targets = tuple(
+                    Target(i, r, resolve(r))
+                    for i, r in enumerate(env.recipients)
                     if done is None or i not in done
-                ]
-                remote = [(i, r) for i, r in pending if is_remote is not None and is_remote(r)]
-                away = {i for i, _ in remote}
-                targets = tuple(Target(i, r, resolve(r)) for i, r in pending if i not in away)
+                )
             except Exception:  # a store error must not kill the worker: retry later
-                log.exception("%s: cannot resolve recipients", env.queue_id)
+                log.exception("%s: cannot resolve recipients", qid)
                 self._retry(entry)
                 continue
-            if remote:
-                held[env.queue_id] = {t.index for t in targets}
-                self._hold(entry, remote)
-                if not targets:
-                    continue
+            if not targets:  # every recipient taken care of meanwhile (released holds)
+                self._finish(entry)
+                continue
             jobs.append(
                 DeliveryJob(
-                    env.queue_id,
+                    qid,
                     entry.data_path,
                     env.received_at,
                     env.size,
@@ -267,38 +344,61 @@ class SpoolRunner:
         if not jobs:
             return
         try:
-            finished, unfinished = await loop.run_in_executor(
-                self._pool, self._run, entries, jobs, frozenset(held)
-            )
+            finished, unfinished = await loop.run_in_executor(self._pool, self._run, entries, jobs)
         except Exception:
             log.exception("delivery batch failed; will retry")
             for entry in entries:
-                self._retry(entry)
+                self._after(entry)
             return
         for qid in finished:
             self._done.pop(qid, None)
             self._attempts.pop(qid, None)
         for entry, indexes in unfinished:
-            qid = entry.envelope.queue_id
-            self._done.setdefault(qid, set()).update(indexes)
-            local = held.get(qid)
-            if local is not None and local <= self._done[qid]:
-                continue  # only remote recipients left: parked for RemoteDelivery
+            self._done.setdefault(entry.envelope.queue_id, set()).update(indexes)
+            self._after(entry)
+
+    # -- entries not finished by their batch ------------------------------------------
+
+    def _absorb(self, qid: str) -> bool:
+        """Take in the released holds of ``qid``; False while a hold is still open."""
+        taken = self.holds.take(qid)
+        if taken is None:
+            return not self.holds.is_open(qid)
+        done, _redo = taken  # indexes to run again are simply not done
+        if done:
+            self._done.setdefault(qid, set()).update(done)
+        return True
+
+    def _after(self, entry: SpoolEntry) -> None:
+        """An entry its batch did not finish: parked while holds are open, removed once
+        every recipient is taken care of, else retried later."""
+        qid = entry.envelope.queue_id
+        if not self._absorb(qid):
+            self.parked[qid] = entry
+        elif self._done.get(qid, set()) >= set(range(len(entry.envelope.recipients))):
+            self._finish(entry)
+        else:
             self._retry(entry)
 
-    def _hold(self, entry: SpoolEntry, remote: list[tuple[int, str]]) -> None:
-        """Park a message's remote recipients (logged the first time only)."""
+    def _settled(self, qid: str) -> None:
+        """On the event loop: the last open hold of ``qid`` was released."""
+        entry = self.parked.pop(qid, None)
+        if entry is not None:  # else its batch is still running: it looks itself
+            self._after(entry)
+
+    def _finish(self, entry: SpoolEntry) -> None:
         qid = entry.envelope.queue_id
-        if qid in self.held:
-            return
-        self.held[qid] = entry
-        for _i, rcpt in remote:
-            mail_log.info(
-                "%s: to=<%s>, status=deferred, dsn=4.4.0, reason=kept in the queue for "
-                "RemoteDelivery (not implemented yet)",
-                qid,
-                rcpt,
-            )
+        self._done.pop(qid, None)
+        self._attempts.pop(qid, None)
+        self._finished.append(entry)
+        self._wakeup.set()
+
+    def _remove(self, entries: list[SpoolEntry]) -> None:
+        """The thread half of removing entries finished outside a batch."""
+        try:
+            self.spool.remove(entries)
+        except OSError as exc:  # left in the spool: the next start runs them again
+            log.error("cannot remove %d finished spool entries: %s", len(entries), exc)
 
     def _retry(self, entry: SpoolEntry) -> None:
         qid = entry.envelope.queue_id
@@ -307,26 +407,20 @@ class SpoolRunner:
         heapq.heappush(self._retries, (time.monotonic() + delay, qid, entry))
 
     def _run(
-        self,
-        entries: Sequence[SpoolEntry],
-        jobs: Sequence[DeliveryJob],
-        held: frozenset[str] = frozenset(),
+        self, entries: Sequence[SpoolEntry], jobs: Sequence[DeliveryJob]
     ) -> tuple[list[str], list[tuple[SpoolEntry, set[int]]]]:
         """The thread half: deliver, drop finished entries, log. Touches no runner
-        state. Returns the queue IDs finished, and the entries that still have
-        deferred (or, for queue IDs in ``held``, remote) recipients with the indexes
-        finished now."""
+        state. Returns the queue IDs finished, and the entries that still have deferred
+        or held recipients with the indexes finished now."""
         results = self.deliverer.deliver(jobs)
         finished: list[SpoolEntry] = []
         unfinished: list[tuple[SpoolEntry, set[int]]] = []
         for entry, outcomes in zip(entries, results, strict=True):
-            if entry.envelope.queue_id not in held and all(
-                o.status is not Status.DEFERRED for o in outcomes
-            ):
+            if all(o.status not in _NOT_FINAL for o in outcomes):
                 finished.append(entry)
             else:
                 unfinished.append(
-                    (entry, {o.index for o in outcomes if o.status is not Status.DEFERRED})
+                    (entry, {o.index for o in outcomes if o.status not in _NOT_FINAL})
                 )
         self.spool.remove(finished)
         if mail_log.isEnabledFor(logging.INFO):
@@ -336,9 +430,15 @@ class SpoolRunner:
         return [e.envelope.queue_id for e in finished], unfinished
 
 
+#: outcomes that keep the entry in the spool
+_NOT_FINAL = frozenset({Status.DEFERRED, Status.HELD})
+
+
 def _log_outcomes(job: DeliveryJob, outcomes: list[Outcome], now: float) -> None:
     delay = now - job.received_at
     for o in outcomes:
+        if o.status is Status.HELD:
+            continue  # its taker logs what becomes of it
         if o.repeated:
             mail_log.info(
                 "%s: to=<%s>, status=%s, dsn=%s, (recorded before restart)",

@@ -139,6 +139,8 @@ class Server:
             resolver.resolve,
             concurrency=config.server.spool_threads,
         )
+        # RemoteDelivery's first attempt is made from the spool entry, held meanwhile
+        self.mailets.context.holds = self.runner.holds
         self.listeners: list[Listener] = []
         # handler chains (issue 3): built here, started in start(), stopped in stop()
         self.dns = DnsService(config.dns)
