@@ -5,8 +5,10 @@ to the sender's Maildir as a DSN made by the bounce processor."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import signal
 import smtplib
 import ssl
 import threading
@@ -41,6 +43,10 @@ class Sink:
     #: per message received: was the session under STARTTLS
     tls: list[bool] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: set: DATA for a ``slow*`` recipient waits until it is cleared
+    stall: threading.Event = field(default_factory=threading.Event)
+    #: DATA commands waiting now
+    stalled: int = 0
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -65,6 +71,17 @@ class Sink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if any(r.startswith("slow") for r in envelope.rcpt_tos):
+            with self.lock:
+                self.stalled += 1
+            try:
+                while self.stall.is_set():
+                    await asyncio.sleep(0.02)
+                    if server.transport is None or server.transport.is_closing():
+                        return "421 4.3.0 the client went away"  # nothing received
+            finally:
+                with self.lock:
+                    self.stalled -= 1
         with self.lock:
             self.tls.append(session.ssl is not None)
             self.messages.append(
@@ -177,6 +194,62 @@ def test_authenticated_submission_relayed_by_mx(relay: Relay) -> None:
     assert relay.kw.cli("repo", "list", "outgoing").stdout.strip() == ""
 
 
+def _spooled(kw: Kittiwake) -> list[str]:
+    from kittiwake.queue import is_queue_id
+
+    return [p.name for p in (kw.data / "spool").rglob("*") if is_queue_id(p.name)]
+
+
+def _stored(kw: Kittiwake) -> list[str]:
+    return [p.name for p in (kw.data / "repositories" / "outgoing").glob("*.json")]
+
+
+def test_first_attempt_goes_straight_from_the_spool(relay: Relay) -> None:
+    """The first attempt is made from the spool entry: the mail never enters the
+    outgoing repository, and its spool entry goes once the remote server took it."""
+    relay.submit([f"carol3@{REMOTE}"], "direct")
+    relay.sink.wait(f"carol3@{REMOTE}")
+    deadline = time.monotonic() + 10
+    while _spooled(relay.kw):
+        assert time.monotonic() < deadline, _spooled(relay.kw)
+        time.sleep(0.05)
+    log = relay.kw.log_text()
+    assert "queued for remote delivery" not in log
+    assert f"delivered to carol3@{REMOTE} via mx.{REMOTE}[127.0.0.2]" in log
+    assert _stored(relay.kw) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_stopped_during_the_first_attempt_sent_at_the_next_start(
+    relay: Relay, sig: signal.Signals
+) -> None:
+    """Killed (or stopped) while the remote server has the mail but has not answered
+    its DATA: the mail is still the spool's (nothing in outgoing), and the next start
+    sends it; the remote server gets it once, as it never took the first one."""
+    relay.sink.stall.set()
+    rcpt = f"slow1@{REMOTE}"
+    relay.submit([rcpt], "interrupted")
+    deadline = time.monotonic() + 10
+    while not relay.sink.stalled:
+        assert time.monotonic() < deadline, relay.kw.log_text()[-2000:]
+        time.sleep(0.02)
+    assert len(_spooled(relay.kw)) == 1 and _stored(relay.kw) == []
+    code = relay.kw.stop(sig)
+    assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+    relay.sink.stall.clear()
+    assert len(_spooled(relay.kw)) == 1  # still there for the next start
+    relay.kw.start()
+    _, rcpts, data = relay.sink.wait(rcpt)
+    assert rcpts == [rcpt] and b"Subject: interrupted\r\n" in data
+    deadline = time.monotonic() + 10
+    while _spooled(relay.kw):
+        assert time.monotonic() < deadline, _spooled(relay.kw)
+        time.sleep(0.05)
+    time.sleep(0.5)  # nothing more comes
+    assert [m for m in relay.sink.messages if rcpt in m[1]] == [(ALICE, [rcpt], data)]
+    assert _stored(relay.kw) == []
+
+
 def test_temporary_failure_retried_then_delivered(relay: Relay) -> None:
     rcpt = f"temp1@{REMOTE}"
     started = time.monotonic()
@@ -286,8 +359,10 @@ def test_mx_pointing_back_at_kittiwake_bounces(tmp_path: Path, dns_server: TestD
             assert b"Status: 5.4.6" in dsn
             assert f"mail for {domain} loops back to myself".encode() in dsn
             assert b"Subject: looping" in dsn
-        # queued once for remote delivery: never received again from itself
-        assert kw.log_text().count("queued for remote delivery") == 1, kw.log_text()[-3000:]
+        # accepted once (from alice): never received again from itself
+        log = kw.log_text()
+        assert log.count(": accepted from=<") == 1, log[-3000:]
+        assert log.count("loops back to myself; <") == 1, log[-3000:]
         _wait_outgoing_empty(kw)
     finally:
         code = kw.stop()

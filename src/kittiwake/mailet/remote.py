@@ -3,21 +3,27 @@
 Theory of operation
 -------------------
 :meth:`RemoteDelivery.service` runs in a delivery worker thread and never touches the
-network: it stores the mail durably in the ``outgoing`` repository
-(``DATA/repositories/outgoing``) and finishes it, so the spool entry goes. Beside each
-stored mail a ``<key>.retry`` file holds the attempt count and the time of the next
-attempt (no file: attempt now); the files and their format are listed in
-:mod:`kittiwake.mailet.remote_store`.
+network. Its usual answer is to *hold* the spool entry the mail came from
+(:meth:`~kittiwake.mailet.api.MailetContext.hold`) and hand the mail, in memory, to
+the delivery task for a first attempt straight from the spool, as Postfix makes it
+from its queue file: the spool entry stays the durable mail until that attempt is
+over. A mail it does not finish is then stored in the ``outgoing`` repository
+(``DATA/repositories/outgoing``) for its retries, and only then is the hold released
+and the spool entry gone. A mail that cannot be held (larger than ``_FRESH_MAX``, over
+the memory budget, ``usePriority``, or a mail made by a mailet) is stored first, and
+its first attempt made from the repository. Beside each stored mail a ``<key>.retry``
+file holds the attempt count and the time of the next attempt (no file: attempt now);
+the files and their format are listed in :mod:`kittiwake.mailet.remote_store`.
 
 :meth:`RemoteDelivery.start` (called by the server in each process, with its
 :class:`~kittiwake.dnsservice.DnsService`, a function that puts a new mail in the spool
-and kittiwake's own names and listening addresses) starts an asyncio task that delivers
-the due mails: each mail ``service`` stores is handed to it at once, with its message in
-memory (its first attempt does not read the files back), and the repository is swept
-every second (or when the next retry is due) for the rest. It delivers
-``deliveryThreads`` at a time (highest James ``MAIL_PRIORITY`` first with
-``usePriority``). A mail being delivered is locked (``flock`` on ``<key>.json``), so
-worker processes sharing DATA never send it twice at once.
+and kittiwake's own names and listening addresses) starts an asyncio task that makes
+the attempts: the held mails first, then each mail ``service`` stored (handed over at
+once, with its message in memory), and the repository is swept every second (or when
+the next retry is due) for the rest. It delivers ``deliveryThreads`` at a time
+(highest James ``MAIL_PRIORITY`` first with ``usePriority``). A stored mail being
+delivered is locked (``flock`` on ``<key>.json``), so worker processes sharing DATA
+never send it twice at once.
 
 One attempt: the recipients are grouped by destination (their domain; with ``gateway``,
 all of them in one transaction); each destination's hosts are, in order, the gateways,
@@ -39,8 +45,9 @@ the sender: the mail goes into the spool to start in ``bounceProcessor`` (its er
 message is the reply), whose ``DSNBounce`` makes the DSN; without a bounce processor a
 DSN is built here (:func:`~kittiwake.delivery.dsn.build_dsn`). The null sender never
 gets one. Delivered recipients go on, with ``onSuccess``, into the spool to start in
-that processor. Delivery is at least once: a crash between the remote server's 250 and
-the removal from the repository sends the mail again at the next start.
+that processor. Delivery is at least once: a crash (or a stop) between the remote
+server's 250 and the release of the spool entry or the removal from the repository
+sends the mail again at the next start.
 
 Every parameter given must be one kittiwake honours: any other stops the start.
 """
