@@ -46,9 +46,52 @@ def test_one_connection_carries_several_mails(
         f"carol{i}@reuse.pool.test" for i in range(5)
     ]
     assert dest.connections == 1 and mailet.pool.opened == 1
-    assert dest.rsets >= 4  # RSET before each reuse (RFC 5321 4.1.1.5)
+    # back from a transaction a moment ago: reused without an RSET round trip (the 250
+    # to the data reset the server's state, RFC 5321 4.1.1.4)
+    assert dest.rsets == 0
     dest.settled()
     assert dest.open == 0  # closed at stop
+
+
+def test_a_connection_idle_for_a_while_is_checked_with_rset(
+    tmp_path: Path, dns_server: TestDns, dest: Destination, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 5321 4.1.1.5: a kept connection that sat idle gets an RSET before its next
+    mail (a clean state, and proof the server is still there)."""
+    from kittiwake.mailet import remote
+
+    monkeypatch.setattr(remote, "_FRESH_IDLE", 0.0)  # every reuse counts as idle
+    _mx(dns_server, "idle.pool.test")
+    ctx = Context(tmp_path / "repositories")
+    mailet = mailet_with(ctx, **{"mail.smtp.port": str(dest.port), "deliveryThreads": "1"})
+    for i in range(4):
+        mailet.service(make_mail(f"I{i}", [f"carol{i}@idle.pool.test"], subject=f"m{i}"))
+    assert deliver(mailet, dns_server) == []
+    assert len(dest.messages) == 4
+    assert dest.connections == 1 and dest.rsets == 3
+
+
+def test_a_connection_the_server_closed_is_not_reused(tmp_path: Path, dns_server: TestDns) -> None:
+    """A server that hangs up after each message (some do, with or without a 421):
+    every mail goes on a new connection, none is deferred for it."""
+
+    class Hangup(Destination):
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+            reply = await super().handle_DATA(server, session, envelope)
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return reply
+
+    dest = Hangup().start()
+    try:
+        _mx(dns_server, "hangup.pool.test")
+        ctx = Context(tmp_path / "repositories")
+        mailet = mailet_with(ctx, **{"mail.smtp.port": str(dest.port), "deliveryThreads": "1"})
+        for i in range(4):
+            mailet.service(make_mail(f"H{i}", [f"carol{i}@hangup.pool.test"], subject=f"m{i}"))
+        assert deliver(mailet, dns_server) == []
+        assert len(dest.messages) == 4 and dest.connections == 4
+    finally:
+        dest.stop()
 
 
 def test_recipients_of_one_domain_go_in_one_transaction(
@@ -174,3 +217,33 @@ def test_slots_are_counted_across_worker_processes(tmp_path: Path) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_a_kept_connection_found_gone_at_mail_takes_another(
+    tmp_path: Path, dns_server: TestDns
+) -> None:
+    """A connection reused at once (no RSET) that the server drops when the next MAIL
+    comes, without a word: the mail goes on a new connection, not deferred."""
+
+    class DropSecond(Destination):
+        async def handle_MAIL(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+            if getattr(session, "carried", False):
+                server.transport.abort()  # as a server that was gone
+                return "421 4.4.2 not sent"
+            session.carried = True
+            envelope.mail_from = address
+            envelope.mail_options.extend(options)
+            return "250 OK"
+
+    dest = DropSecond().start()
+    try:
+        _mx(dns_server, "drop.pool.test")
+        ctx = Context(tmp_path / "repositories")
+        mailet = mailet_with(ctx, **{"mail.smtp.port": str(dest.port), "deliveryThreads": "1"})
+        for i in range(3):
+            mailet.service(make_mail(f"D{i}", [f"carol{i}@drop.pool.test"], subject=f"m{i}"))
+        assert deliver(mailet, dns_server) == []
+        assert len(dest.messages) == 3 and dest.connections == 3
+        assert not list((tmp_path / "repositories").rglob("*.retry"))  # none deferred
+    finally:
+        dest.stop()

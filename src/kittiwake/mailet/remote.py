@@ -129,6 +129,8 @@ _FRESH_BYTES = 64 * 1024 * 1024
 _FRESH_MAX = 1024 * 1024
 #: seconds a reused connection may take to answer RSET before it is given up
 _RSET_TIMEOUT = 30.0
+#: a kept connection idle for less than this is reused without an RSET first
+_FRESH_IDLE = 1.0
 #: the destination of every recipient when there are gateways
 GATEWAY = "gateway"
 
@@ -572,41 +574,64 @@ class RemoteDelivery(Mailet):
         level = logging.INFO if self.debug else logging.DEBUG
         while True:
             got = await self.pool.lease(dest, address, port)
+            unchecked = False
             if isinstance(got, Connection):
-                try:  # RFC 5321 4.1.1.5: a clean state, and proof it is still open
-                    await got.smtp.rset(timeout=min(self.timeout, _RSET_TIMEOUT))
-                except (aiosmtplib.SMTPException, OSError) as exc:
-                    log.log(level, "%s: kept connection to %s is gone: %s", mail.name, where, exc)
+                if not got.smtp.is_connected:  # the server closed it while it was idle
                     self.pool.discard(got)
                     continue
+                if time.monotonic() - got.idle_since < _FRESH_IDLE:
+                    # Back from a transaction a moment ago: the server reset its state
+                    # with its 250 to the data (RFC 5321 4.1.1.4), and has not closed
+                    # it (no EOF has come). No RSET round trip; should the MAIL find it
+                    # gone all the same, the mail takes another connection below.
+                    unchecked = True
+                else:
+                    try:  # RFC 5321 4.1.1.5: a clean state, and proof it is still open
+                        await got.smtp.rset(timeout=min(self.timeout, _RSET_TIMEOUT))
+                    except (aiosmtplib.SMTPException, OSError) as exc:
+                        log.log(
+                            level, "%s: kept connection to %s is gone: %s", mail.name, where, exc
+                        )
+                        self.pool.discard(got)
+                        continue
                 conn = got
                 log.log(
                     level, "%s: reusing the connection to %s (%d)", mail.name, where, conn.messages
                 )
-                break
+            else:
+                try:
+                    smtp = await open_connection(
+                        self.client,
+                        name,
+                        address,
+                        port,
+                        self.gateway_user if dest == GATEWAY else None,
+                        self.gateway_password if dest == GATEWAY else None,
+                    )
+                except BaseException:
+                    self.pool.release(got)
+                    raise
+                if isinstance(smtp, str):
+                    self.pool.release(got)
+                    return smtp
+                conn = self.pool.opened_with(smtp, got, address, port)
+                log.log(
+                    level, "%s: connected to %s (slot %d of %s)", mail.name, where, got.index, dest
+                )
             try:
-                smtp = await open_connection(
-                    self.client,
-                    name,
-                    address,
-                    port,
-                    self.gateway_user if dest == GATEWAY else None,
-                    self.gateway_password if dest == GATEWAY else None,
+                outcome, reusable = await transaction(
+                    conn.smtp, self.client, mail, data, rcpts, where
                 )
             except BaseException:
-                self.pool.release(got)
+                self.pool.discard(conn)
                 raise
-            if isinstance(smtp, str):
-                self.pool.release(got)
-                return smtp
-            conn = self.pool.opened_with(smtp, got, address, port)
-            log.log(level, "%s: connected to %s (slot %d of %s)", mail.name, where, got.index, dest)
+            if unchecked and isinstance(outcome, str) and not conn.smtp.is_connected:
+                # the kept connection was gone before anything was decided: not this
+                # host's failure; the mail takes another connection
+                log.log(level, "%s: kept connection to %s is gone: %s", mail.name, where, outcome)
+                self.pool.discard(conn)
+                continue
             break
-        try:
-            outcome, reusable = await transaction(conn.smtp, self.client, mail, data, rcpts, where)
-        except BaseException:
-            self.pool.discard(conn)
-            raise
         # Kept only after a transaction the server took something from: a server that
         # refused every recipient may do so by a policy it reads per session (Postfix's
         # smtpd keeps its lookup tables for the whole session), and the retry must meet
