@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kittiwake.mailet.remote import RemoteDelivery
 from kw_dns import TestDns
 
@@ -115,3 +117,47 @@ def test_8bitmime_for_8bit_content_only(tmp_path: Path, dns_server: TestDns) -> 
     finally:
         dest.stop()
         hidden.stop()
+
+
+def test_envelope_paths_on_the_command_line() -> None:
+    """RFC 5321 4.1.2: a mailbox is bracketed as it is (UTF-8 with SMTPUTF8), a quoted
+    local part too; anything that could add a parameter or a command to the line is
+    refused, never trimmed into another address."""
+    from kittiwake.mailet.remote_smtp import _path
+
+    assert _path("") == b"<>"
+    assert _path("user+tag@x.example") == b"<user+tag@x.example>"
+    assert _path("u@[192.0.2.1]") == b"<u@[192.0.2.1]>"
+    assert _path("jöran@bücher.test") == "<jöran@bücher.test>".encode()
+    assert _path('"a b"@x.test') == b'<"a b"@x.test>'
+    assert _path('"a\\"b"@x.test') == b'<"a\\"b"@x.test>'
+    for bad in (
+        "a b@x.test",
+        "a@x.test\r\nRSET",
+        "a@x.test> SIZE=1",
+        "<a@x.test>",
+        '"a\r\nb"@x.test',
+        "a@x.test b",
+    ):
+        with pytest.raises(ValueError):
+            _path(bad)
+
+
+def test_an_address_unfit_for_the_command_line_fails_at_once(
+    tmp_path: Path, dns_server: TestDns
+) -> None:
+    """A recipient a mailet made that cannot go on a command line as it is (here with a
+    space and a CRLF) fails at once with 5.1.3 and a DSN; the others are delivered."""
+    dest = Destination().start()
+    try:
+        _mx(dns_server, "path.nego.test")
+        mailet = _mailet(tmp_path, dest)
+        bad = "eve\r\nRSET\r\nMAIL FROM:<x>@path.nego.test"
+        mailet.service(make_mail("P1", ["carol@path.nego.test", bad]))
+        enqueued = deliver(mailet, dns_server)
+        assert [m.rcpts for m in dest.messages] == [["carol@path.nego.test"]]
+        ((dsn, sender, rcpts, _, _),) = enqueued
+        assert sender == "" and rcpts == [ALICE]
+        assert b"Status: 5.1.3" in dsn and b"bad destination mailbox address syntax" in dsn
+    finally:
+        dest.stop()

@@ -203,6 +203,42 @@ def _needs_utf8(address: str) -> bool:
     return not address.isascii()
 
 
+#: a mailbox with nothing to quote: no space, angle bracket, quote, backslash or other
+#: specials in the local part (a domain literal's brackets are fine)
+_PLAIN_MAILBOX = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\\,;:\"@]+")
+#: a quoted local part (RFC 5321 4.1.2 Quoted-string), never a CR or LF in it
+_QUOTED_MAILBOX = re.compile(r'"(?:[^"\\\r\n]|\\[^\r\n])*"@[^\s<>()\\,;:"@]+')
+
+
+def _path(address: str) -> bytes:
+    """The RFC 5321 4.1.2 path of ``address`` (``<>`` for the null sender).
+
+    Raises:
+        ValueError: not a mailbox that can go on a command line as it is (a space, a
+            CR or LF, an angle bracket...): sent, it could add a parameter or a command.
+    """
+    if not address:
+        return b"<>"
+    if _PLAIN_MAILBOX.fullmatch(address) or _QUOTED_MAILBOX.fullmatch(address):
+        return b"<" + address.encode("utf-8") + b">"
+    raise ValueError(f"{address!r} cannot be sent as an SMTP path")
+
+
+async def _mail_from(smtp: aiosmtplib.SMTP, sender: str, path: bytes, options: list[str]) -> None:
+    """MAIL, as ``SMTP.mail`` but with a path made here (``SMTP.mail`` parses every
+    address with ``email.utils``: a sixth of the client's work per message)."""
+    args = [option.encode("ascii") for option in options]
+    response = await smtp.execute_command(b"MAIL", b"FROM:" + path, *args)
+    if response.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+
+
+async def _rcpt_to(smtp: aiosmtplib.SMTP, recipient: str, path: bytes) -> None:
+    response = await smtp.execute_command(b"RCPT", b"TO:" + path)
+    if response.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
+
+
 async def transaction(
     smtp: aiosmtplib.SMTP,
     settings: ClientSettings,
@@ -245,19 +281,30 @@ async def transaction(
         options.append(f"SIZE={len(data)}")
     if not data.isascii() and smtp.supports_extension("8bitmime"):
         options.append("BODY=8BITMIME")  # RFC 6152 3
-    encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+    try:
+        sender_path = _path(sender)
+    except ValueError:
+        return fail_all(f"5.1.7 bad sender address syntax: {sender!r}", True)
+    paths: dict[str, bytes] = {}
+    for r in rcpts:
+        try:
+            paths[r] = _path(r)
+        except ValueError:
+            result.failed[r] = (f"5.1.3 bad destination mailbox address syntax: {r!r}", True)
+    if not paths:
+        return result, True
     in_data = False
     try:
         try:
-            await smtp.mail(sender, options=options, encoding=encoding)
+            await _mail_from(smtp, sender, sender_path, options)
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code >= 500:
                 return fail_all(enhanced(exc.code, exc.message), True)
             return enhanced(exc.code, exc.message), exc.code != 421
         accepted: list[str] = []
-        for r in rcpts:
+        for r, path in paths.items():
             try:
-                await smtp.rcpt(r, encoding=encoding)
+                await _rcpt_to(smtp, r, path)
                 accepted.append(r)
             except aiosmtplib.SMTPResponseException as exc:
                 result.failed[r] = (enhanced(exc.code, exc.message), exc.code >= 500)
