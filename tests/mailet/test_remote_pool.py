@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,6 +213,74 @@ def test_slots_are_counted_across_worker_processes(tmp_path: Path) -> None:
                 await pool.stop()
 
         asyncio.run(here())
+        assert child.wait(timeout=10) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+_IDLE_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from kittiwake.mailet.remote_pool import ConnectionPool
+
+class Kept:  # stands for an open aiosmtplib.SMTP (is_connected, quit, close)
+    is_connected = True
+    async def quit(self):
+        pass
+    def close(self):
+        print("closed", flush=True)
+
+async def main():
+    pool = ConnectionPool(2, 0, 60.0, Path(sys.argv[1]))  # kept idle for a minute
+    pool.start()
+    slots = [await pool.lease("shared.pool.test", "192.0.2.1", 25) for _ in range(2)]
+    for slot in slots:
+        pool.put_back(pool.opened_with(Kept(), slot, "192.0.2.1", 25))
+    print("idle", len(pool._idle["shared.pool.test"]), flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    await pool.stop()
+
+asyncio.run(main())
+"""
+
+
+def test_slots_kept_idle_by_another_process_are_given_up_to_a_waiting_one(
+    tmp_path: Path,
+) -> None:
+    """Another worker keeps every slot of a destination idle (connectionIdleTime one
+    minute): a worker that needs one says so on the want byte, and the other closes an
+    idle connection for it within a fraction of a second."""
+    lock = tmp_path / "outgoing" / ".connections"
+    lock.parent.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _IDLE_CHILD, str(lock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "idle 2"
+
+        async def here() -> float:
+            pool = ConnectionPool(2, 0, 1.0, lock)
+            pool.start()
+            try:
+                started = time.monotonic()
+                got = await asyncio.wait_for(pool.lease("shared.pool.test", "192.0.2.1", 25), 10)
+                assert isinstance(got, Slot)
+                assert pool.wanted_elsewhere("shared.pool.test") is False  # no one waits
+                return time.monotonic() - started
+            finally:
+                await pool.stop()
+
+        waited = asyncio.run(here())
+        assert waited < 2.0
+        assert child.stdout.readline().strip() == "closed"
+        child.stdin.write("\n")
+        child.stdin.flush()
         assert child.wait(timeout=10) == 0
     finally:
         if child.poll() is None:

@@ -12,12 +12,20 @@ connect until it is closed. A slot is counted twice:
   worker frees its slots.
 
 After a transaction the connection goes back to the pool, idle; the next mail to that
-destination and host takes it, sends RSET (RFC 5321 4.1.1.5: a clean state, and a check
-that the server is still there) and goes on without a new TCP and TLS handshake. An idle
-connection is closed (QUIT) after ``connectionIdleTime`` or once it has carried
-``maxMessagesPerConnection`` mails; a mail waiting for a slot of a full destination
-takes the first connection that comes back, or closes an idle one to another host of
-that destination to use its slot.
+destination and host takes it (with an RSET first if it sat idle for a second or more:
+RFC 5321 4.1.1.5, a clean state and a check that the server is still there) and goes
+on without a new TCP and TLS handshake. An idle connection is closed (QUIT) after
+``connectionIdleTime`` or once it has carried ``maxMessagesPerConnection`` mails; a
+mail waiting for a slot of a full destination takes the first connection that comes
+back, or closes an idle one to another host of that destination to use its slot.
+
+A process waiting for a slot that *other* processes hold says so: it holds a shared
+record lock on the destination's *want* byte (its last slot index, never a slot) while
+it waits. A process whose connection to that destination comes back, or whose reaper
+finds one idle, tries that byte: taken by someone else, it closes the connection rather
+than keep it idle, and the slot goes to the waiting process at its next look (within
+``_POLL``). Without it, one worker could hold every slot idle for ``connectionIdleTime``
+while another worker's mails waited.
 """
 
 from __future__ import annotations
@@ -40,8 +48,10 @@ __all__ = ["Connection", "ConnectionPool", "Slot"]
 
 log = logging.getLogger("kittiwake.remote")
 
-#: slot indices per destination in the lock file (maxConnectionsPerDomain is below)
+#: slot indices per destination in the lock file (maxConnectionsPerDomain is below);
+#: the last one is the destination's *want* byte
 SLOT_SPAN = 1024
+_WANT = SLOT_SPAN - 1
 #: seconds between two looks at other processes' slots while waiting for one
 _POLL = 0.2
 
@@ -84,6 +94,8 @@ class ConnectionPool:
         self._used: dict[str, set[int]] = {}
         self._idle: dict[str, list[Connection]] = {}
         self._changed = asyncio.Event()
+        #: destinations this process waits for a slot of (tasks waiting), its want held
+        self._wanting: dict[str, int] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
         #: connections opened, for logs and tests
@@ -170,21 +182,65 @@ class ConnectionPool:
     async def lease(self, dest: str, address: str, port: int) -> Connection | Slot:
         """An idle connection to ``address``:``port`` for ``dest``, or a free slot to
         open one; waits while the destination has every slot busy."""
-        while True:
-            conn = self._take_idle(dest, address, port)
-            if conn is not None:
-                return conn
-            slot = self._try_slot(dest)
-            if slot is not None:
-                return slot
-            others = self._idle.get(dest)
-            if others:  # idle, to another host of this destination: free its slot
-                self.discard(others[0])
-                continue
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_POLL):  # not wait_for: see remote.py
-                    await self._changed.wait()
+        wanting = False
+        try:
+            while True:
+                conn = self._take_idle(dest, address, port)
+                if conn is not None:
+                    return conn
+                slot = self._try_slot(dest)
+                if slot is not None:
+                    return slot
+                others = self._idle.get(dest)
+                if others:  # idle, to another host of this destination: free its slot
+                    self.discard(others[0])
+                    continue
+                if not wanting:
+                    wanting = True
+                    self._wanting[dest] = self._wanting.get(dest, 0) + 1
+                self._say_wanted(dest)  # again each look: a try can fail (see there)
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_POLL):  # not wait_for: see remote.py
+                        await self._changed.wait()
+        finally:
+            if wanting:
+                self._unwant(dest)
+
+    # -- the want byte: slots other processes keep idle ----------------------------
+
+    def _say_wanted(self, dest: str) -> None:
+        if self._fd is not None:
+            # shared: every waiting process at once (taken again: a no-op). It fails
+            # while another process tries it exclusively, for a moment: the next look
+            # takes it.
+            with contextlib.suppress(OSError):
+                fcntl.lockf(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, self._offset(dest, _WANT))
+
+    def _unwant(self, dest: str) -> None:
+        n = self._wanting.get(dest, 0) - 1
+        if n > 0:
+            self._wanting[dest] = n
+            return
+        self._wanting.pop(dest, None)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._offset(dest, _WANT))
+
+    def wanted_elsewhere(self, dest: str) -> bool:
+        """Another process waits for a slot of ``dest``."""
+        if self._fd is None or dest in self._wanting:
+            # (this process's own want: its waiting tasks take the connection, and an
+            # exclusive try would replace its shared lock)
+            return False
+        offset = self._offset(dest, _WANT)
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError:
+            return True
+        with contextlib.suppress(OSError):
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset)
+        return False
 
     def opened_with(self, smtp: aiosmtplib.SMTP, slot: Slot, address: str, port: int) -> Connection:
         self.opened += 1
@@ -197,6 +253,7 @@ class ConnectionPool:
             (self.max_messages and conn.messages >= self.max_messages)
             or self.idle_time <= 0
             or not conn.smtp.is_connected
+            or self.wanted_elsewhere(conn.slot.dest)
         ):
             self.discard(conn)
             return
@@ -218,9 +275,14 @@ class ConnectionPool:
 
     async def _reap(self) -> None:
         while True:
-            await asyncio.sleep(max(min(self.idle_time / 2, 1.0), 0.05))
+            await asyncio.sleep(max(min(self.idle_time / 2, _POLL), 0.05))
             now = time.monotonic()
-            for conns in list(self._idle.values()):
+            for dest, conns in list(self._idle.items()):
+                wanted = self.wanted_elsewhere(dest)
                 for conn in list(conns):
-                    if now - conn.idle_since >= self.idle_time or not conn.smtp.is_connected:
+                    if (
+                        wanted
+                        or now - conn.idle_since >= self.idle_time
+                        or not conn.smtp.is_connected
+                    ):
                         self.discard(conn)
