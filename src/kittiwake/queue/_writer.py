@@ -8,26 +8,16 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING
 
+from kittiwake._files import write_all
 from kittiwake.queue._envelope import Envelope, SpoolEntry, encode_record
 
 if TYPE_CHECKING:
     from kittiwake.queue.spool import Spool
 
-__all__ = ["O_NEW", "PendingCommit", "SpoolWriter", "write_all"]
+__all__ = ["O_NEW", "PendingCommit", "SpoolWriter"]
 
 #: flags for a new spool file: never reuse a name, never leak into a child process
 O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-
-
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    """``os.write`` until everything is written (a write may be short).
-
-    Raises:
-        OSError: the write failed (``ENOSPC`` ...).
-    """
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class PendingCommit:
