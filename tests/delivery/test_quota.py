@@ -213,3 +213,25 @@ def test_without_limits_of_its_own_kittiwake_honours_the_files(tmp_path: Path) -
     assert (box / "maildirsize").read_text() == "150S\n0 0\n100 1\n100 1\n"
     deliverer.close()
     overrides.close()
+
+
+def test_file_limit_is_read_once_per_batch(tmp_path: Path) -> None:
+    """Within a delivery batch a Maildir's maildirsize header is read once (the quota
+    check and the delivery both ask); a file another program writes meanwhile applies
+    from the next batch; outside a batch every call reads the file."""
+    box = tmp_path / "box"
+    box.mkdir()
+    with quota.batch_memo():
+        assert quota.file_limit(str(box)) is None
+        (box / quota.MAILDIRSIZE).write_text("1000S,10C\n")
+        assert quota.file_limit(str(box)) is None  # the batch's answer
+        with quota.batch_memo():  # nested: the same memo
+            assert quota.file_limit(str(box)) is None
+    found = quota.file_limit(str(box))
+    assert found is not None and found.storage == 1000 and found.messages == 10
+    (box / quota.MAILDIRSIZE).write_text("2000S\n")
+    found = quota.file_limit(str(box))
+    assert found is not None and found.storage == 2000
+    with quota.batch_memo():
+        found = quota.file_limit(str(box))
+        assert found is not None and found.storage == 2000

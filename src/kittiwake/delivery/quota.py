@@ -59,6 +59,7 @@ __all__ = [
     "Limit",
     "Usage",
     "add",
+    "batch_memo",
     "file_limit",
     "format_size",
     "locked",
@@ -219,15 +220,48 @@ def usage(
     return found
 
 
+_memo = threading.local()
+
+
+@contextlib.contextmanager
+def batch_memo() -> Iterator[None]:
+    """Within the block, in this thread, :func:`file_limit` reads each Maildir's
+    header once: a delivery batch asks twice per message (LocalDelivery's quota check,
+    then the delivery itself), and for a mailbox with no limit of kittiwake's the
+    answer is nearly always an ``open`` failing with ENOENT. A ``maildirsize`` another
+    program creates during the batch (a few milliseconds) applies from the next one,
+    as it would had it come a moment later. Kittiwake never writes one for a mailbox
+    whose limits it reads from the file (no file, no limit: nothing to count)."""
+    if getattr(_memo, "limits", None) is not None:
+        yield  # nested: the outer block's
+        return
+    _memo.limits = {}
+    try:
+        yield
+    finally:
+        _memo.limits = None
+
+
 def file_limit(maildir: str) -> Limit | None:
     """The limits in the Maildir's ``maildirsize`` header, None if there is no file:
     when kittiwake has no limit of its own for a mailbox, it honours (and keeps
     counting for) the limits another program wrote there (Dovecot's ``quota_rule``,
-    Courier's ``maildirmake -q``).
+    Courier's ``maildirmake -q``). Read once per :func:`batch_memo` block.
 
     Raises:
         OSError: the file exists but cannot be read.
     """
+    memo: dict[str, Limit | None] | None = getattr(_memo, "limits", None)
+    if memo is None:
+        return _read_file_limit(maildir)
+    try:
+        return memo[maildir]
+    except KeyError:
+        found = memo[maildir] = _read_file_limit(maildir)
+        return found
+
+
+def _read_file_limit(maildir: str) -> Limit | None:
     try:
         with open(os.path.join(maildir, MAILDIRSIZE), "rb") as f:
             first = f.readline(256)

@@ -107,7 +107,8 @@ def mailet_deliverer(
     resolver = LocalResolver(store, store, postmaster)
 
     def over_quota(address: str, size: int) -> str | None:
-        mailbox = resolver.resolve(address)
+        # the context's answer: kept for the batch (the spool runner resolved it)
+        mailbox = container.context.mailbox_of(address)
         if mailbox is None:
             return None
         try:

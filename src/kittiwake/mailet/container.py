@@ -56,6 +56,7 @@ from pathlib import Path
 from kittiwake._files import write_durably
 from kittiwake.delivery.base import DeliveryJob, Outcome, Status, Target
 from kittiwake.delivery.maildir import MaildirDeliverer
+from kittiwake.delivery.quota import batch_memo as quota_batch_memo
 from kittiwake.mailet.api import ERROR, GHOST, ROOT, Mail, Mailet, MessagingError
 from kittiwake.mailet.config import ContainerSpec
 from kittiwake.mailet.enqueue import Enqueuer, SpoolMail
@@ -416,48 +417,52 @@ class MailetDeliverer:
             t.recipient: t.mailbox for job in jobs for t in job.targets if t.mailbox is not None
         }
         try:
-            runs: list[_Run] = []
-            held: dict[int, list[Outcome]] = {}
-            enqueuer = self.context.enqueuer
-            # One group commit for every repository store of the batch (RemoteDelivery's
-            # outgoing queue above all): the spool entries go only after this returns.
-            with deferred_sync():
-                for n, job in enumerate(jobs):
-                    if enqueuer is not None and not enqueuer.may_process(job):
-                        # a mailet's new mail whose parent may still run again (enqueue.py)
-                        held[n] = [
-                            Outcome(
-                                t.index,
-                                t.recipient,
-                                Status.DEFERRED,
-                                "4.3.0",
-                                "",
-                                "held for its parent",
-                            )
-                            for t in job.targets
-                        ]
-                        continue
-                    with self._lock:
-                        again = job.queue_id in self._attempted
-                        self._attempted.add(job.queue_id)
-                    runs.append(_Run(job, job.envelope, job.recovered or again))
-                failures = self.failures
-                for run in runs:
-                    n = failures.count(run.job)
-                    if n >= MAXIMUM_FAILURE_COUNT:
-                        self._give_up(run, n, "the process died while processing it")
-                        continue
-                    # a death while this mail is in the container counts as its failure (not
-                    # the other mails' of the batch: one poisonous mail must not take them along)
-                    failures.begin(run.job)
-                    try:
-                        self._process(run)
-                    finally:
-                        failures.end(run.job)
-                failures.flush()
-            self._deliver_local(runs)
+            with quota_batch_memo():  # maildirsize read once per mailbox and batch
+                return self._deliver_batch(jobs)
         finally:
             current.mailboxes = None
+
+    def _deliver_batch(self, jobs: Sequence[DeliveryJob]) -> list[list[Outcome]]:
+        runs: list[_Run] = []
+        held: dict[int, list[Outcome]] = {}
+        enqueuer = self.context.enqueuer
+        # One group commit for every repository store of the batch (RemoteDelivery's
+        # outgoing queue above all): the spool entries go only after this returns.
+        with deferred_sync():
+            for n, job in enumerate(jobs):
+                if enqueuer is not None and not enqueuer.may_process(job):
+                    # a mailet's new mail whose parent may still run again (enqueue.py)
+                    held[n] = [
+                        Outcome(
+                            t.index,
+                            t.recipient,
+                            Status.DEFERRED,
+                            "4.3.0",
+                            "",
+                            "held for its parent",
+                        )
+                        for t in job.targets
+                    ]
+                    continue
+                with self._lock:
+                    again = job.queue_id in self._attempted
+                    self._attempted.add(job.queue_id)
+                runs.append(_Run(job, job.envelope, job.recovered or again))
+            failures = self.failures
+            for run in runs:
+                n = failures.count(run.job)
+                if n >= MAXIMUM_FAILURE_COUNT:
+                    self._give_up(run, n, "the process died while processing it")
+                    continue
+                # a death while this mail is in the container counts as its failure (not
+                # the other mails' of the batch: one poisonous mail must not take them along)
+                failures.begin(run.job)
+                try:
+                    self._process(run)
+                finally:
+                    failures.end(run.job)
+            failures.flush()
+        self._deliver_local(runs)
         done = iter([self._outcomes(run) for run in runs])
         results = [held[n] if n in held else next(done) for n in range(len(jobs))]
         with self._lock:
