@@ -220,11 +220,17 @@ def start_kittiwake(
         return None
 
     def queued() -> int:
+        """Mails in the outgoing repository, and spool entries (a first attempt is
+        made from the spool: the entry goes once the sink took the mail)."""
+        from kittiwake.queue import is_queue_id
+
         outgoing = data / "repositories" / "outgoing"
         try:
-            return sum(1 for n in os.listdir(outgoing) if n.endswith(".json"))
+            stored = sum(1 for n in os.listdir(outgoing) if n.endswith(".json"))
         except FileNotFoundError:
-            return 0
+            stored = 0
+        spooled = sum(1 for _, _, files in os.walk(data / "spool") for n in files if is_queue_id(n))
+        return stored + spooled
 
     def read_log() -> str:
         return log.read_text(errors="replace")
