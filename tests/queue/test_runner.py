@@ -489,3 +489,33 @@ def test_a_hold_released_before_its_batch_returns(tmp_path: Path) -> None:
 
     asyncio.run(go())
     assert len(tokens(tmp_path, "alice@local.test")) == 20
+
+
+def test_a_hold_on_an_entry_that_finished_anyway_is_forgotten(tmp_path: Path) -> None:
+    """A hold taken on an entry whose outcomes came out final all the same (a mail the
+    container gave up on after RemoteDelivery took it): the entry goes, the hold is
+    forgotten, and its late release changes nothing."""
+
+    async def go() -> None:
+        node = Node(tmp_path, users("alice@local.test"), sweep_interval=3600)
+
+        class GivesUp:
+            def deliver(self, jobs: Sequence[DeliveryJob]) -> list[list[Outcome]]:
+                for job in jobs:
+                    node.runner.holds.hold(job.queue_id)
+                return [
+                    [Outcome(t.index, t.recipient, Status.FAILED, "5.3.0", "", "given up")]
+                    for job in jobs
+                    for t in job.targets
+                ]
+
+        node.runner.deliverer = GivesUp()  # type: ignore[assignment]
+        await node.runner.start()
+        qid = await commit(node.spool, body("given-up"), ["bob@remote.test"])
+        await settle(node, lambda: not spool_files(tmp_path / "spool"))
+        assert len(node.runner.holds) == 0 and node.runner.parked == {}
+        node.runner.holds.release(qid, [0], done=True)  # late: ignored
+        assert len(node.runner.holds) == 0
+        await node.stop()
+
+    asyncio.run(go())

@@ -85,7 +85,9 @@ class Holds:
         of for good; else they must run again."""
         with self._lock:
             found = self._by_qid.get(queue_id)
-            if found is None or found.open == 0:
+            if found is None:
+                return  # the entry finished without it (forget): nothing waits for it
+            if found.open == 0:
                 raise RuntimeError(f"{queue_id}: released more often than held")
             found.open -= 1
             (found.done if done else found.redo).update(indexes)
@@ -107,6 +109,12 @@ class Holds:
                 return None
             del self._by_qid[queue_id]
             return found.done, found.redo
+
+    def forget(self, queue_id: str) -> None:
+        """``queue_id``'s entry left the spool (its outcomes were final all the same,
+        a mail given up on after its hold was taken): a later release is ignored."""
+        with self._lock:
+            self._by_qid.pop(queue_id, None)
 
     def __len__(self) -> int:
         with self._lock:
@@ -353,6 +361,8 @@ class SpoolRunner:
         for qid in finished:
             self._done.pop(qid, None)
             self._attempts.pop(qid, None)
+            if self.holds:
+                self.holds.forget(qid)
         for entry, indexes in unfinished:
             self._done.setdefault(entry.envelope.queue_id, set()).update(indexes)
             self._after(entry)
