@@ -35,6 +35,7 @@ import os
 import re
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -44,6 +45,7 @@ from kittiwake.mailet.api import Mail
 __all__ = ["ClientSettings", "Result", "enhanced", "open_connection", "transaction"]
 
 log = logging.getLogger("kittiwake.remote")
+mail_log = logging.getLogger("kittiwake.mail")
 
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -323,14 +325,27 @@ async def transaction(
             return result, True
         in_data = True
         try:
-            await smtp.data(data)
+            reply = await smtp.data(data)
         except aiosmtplib.SMTPResponseException as exc:
             text = enhanced(exc.code, exc.message)
             for r in accepted:
                 result.failed[r] = (text, exc.code >= 500)
             return result, exc.code != 421
         result.delivered.extend(accepted)
-        log.info("%s: delivered to %s via %s", mail.name, ",".join(accepted), where)
+        if mail_log.isEnabledFor(logging.INFO):
+            # Postfix's line for a relayed recipient (the spool runner's for a local one)
+            delay = time.time() - mail.received_at if mail.received_at else 0.0
+            text = " ".join(reply.message.split())
+            for r in accepted:
+                mail_log.info(
+                    "%s: to=<%s>, relay=%s, delay=%.2f, dsn=2.0.0, status=sent (%d %s)",
+                    mail.name,
+                    r,
+                    where,
+                    delay,
+                    reply.code,
+                    text,
+                )
         return result, True
     except (aiosmtplib.SMTPException, OSError) as exc:
         if not in_data and not result.failed:
