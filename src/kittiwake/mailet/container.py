@@ -427,7 +427,8 @@ class MailetDeliverer:
         held: dict[int, list[Outcome]] = {}
         enqueuer = self.context.enqueuer
         # One group commit for every repository store of the batch (RemoteDelivery's
-        # outgoing queue above all): the spool entries go only after this returns.
+        # outgoing queue, for mails it cannot hold in the spool): the spool entries go
+        # only after this returns.
         with deferred_sync():
             for n, job in enumerate(jobs):
                 if enqueuer is not None and not enqueuer.may_process(job):
