@@ -53,12 +53,11 @@ mail_log = logging.getLogger("kittiwake.mail")
 
 
 class _Hold:
-    __slots__ = ("done", "open", "redo")
+    __slots__ = ("done", "open")
 
     def __init__(self) -> None:
         self.open = 0  # holds not released yet
         self.done: set[int] = set()  # indexes released as taken care of
-        self.redo: set[int] = set()  # indexes released as not done: to run again
 
 
 class Holds:
@@ -82,7 +81,7 @@ class Holds:
 
     def release(self, queue_id: str, indexes: Iterable[int], *, done: bool) -> None:
         """On the event loop: a hold ends; ``done``: its recipient indexes are taken care
-        of for good; else they must run again."""
+        of for good; else they are not done, and run again."""
         with self._lock:
             found = self._by_qid.get(queue_id)
             if found is None:
@@ -90,25 +89,23 @@ class Holds:
             if found.open == 0:
                 raise RuntimeError(f"{queue_id}: released more often than held")
             found.open -= 1
-            (found.done if done else found.redo).update(indexes)
+            if done:
+                found.done.update(indexes)
             settled = found.open == 0
         if settled:
             self._on_settled(queue_id)
 
-    def is_open(self, queue_id: str) -> bool:
+    def take(self, queue_id: str) -> set[int] | None:
+        """The indexes released as done (empty: none, or no hold ever) once no hold is
+        open, and forget them; None while a hold is open."""
         with self._lock:
             found = self._by_qid.get(queue_id)
-            return found is not None and found.open > 0
-
-    def take(self, queue_id: str) -> tuple[set[int], set[int]] | None:
-        """The released indexes (done, to run again) once no hold is open, and forget
-        them; None while a hold is open or when there is nothing to take."""
-        with self._lock:
-            found = self._by_qid.get(queue_id)
-            if found is None or found.open > 0:
+            if found is None:
+                return set()
+            if found.open > 0:
                 return None
             del self._by_qid[queue_id]
-            return found.done, found.redo
+            return found.done
 
     def forget(self, queue_id: str) -> None:
         """``queue_id``'s entry left the spool (its outcomes were final all the same,
@@ -371,10 +368,9 @@ class SpoolRunner:
 
     def _absorb(self, qid: str) -> bool:
         """Take in the released holds of ``qid``; False while a hold is still open."""
-        taken = self.holds.take(qid)
-        if taken is None:
-            return not self.holds.is_open(qid)
-        done, _redo = taken  # indexes to run again are simply not done
+        done = self.holds.take(qid)
+        if done is None:
+            return False
         if done:
             self._done.setdefault(qid, set()).update(done)
         return True
