@@ -132,6 +132,95 @@ def test_ensure_file_for_hooks(tmp_path: Path) -> None:
         run(go())
 
 
+def test_entry_carries_the_header_block_it_was_received_with(tmp_path: Path) -> None:
+    """The delivery thread's header matchers read the header from memory (no open/read/
+    close of the data file again); a recovered entry, a header block longer than the
+    limit and a spilled file have none, and are read from the file."""
+    message = b"Subject: one\r\nX-A: b\r\n\r\nbody\r\n\r\nmore\r\n"
+    long_header = b"X-Long: " + b"a" * 20000 + b"\r\n\r\nbody\r\n"
+    with Spool(tmp_path / "spool") as spool:
+        run(commit(spool, message, ["a@local.test"]))
+        run(commit(spool, b"\r\nno header\r\n", ["a@local.test"]))
+        run(commit(spool, long_header, ["a@local.test"]))
+        heads = [e.head for e in spool.take_ready()]
+        assert heads == [b"Subject: one\r\nX-A: b\r\n\r\n", b"\r\n", None]
+    with Spool(tmp_path / "spool") as spool:
+        assert [e.head for e in spool.take_ready()] == [None, None, None]
+
+
+def test_relayed_data_files_are_written_again_after_a_barrier(tmp_path: Path) -> None:
+    """A relayed message's data file is kept and written over (no inode freed or
+    allocated: ext4's recently-freed scan), but only after a flush barrier begun after
+    the rename that took it out of the queue: the next commit, which has no such
+    barrier behind it, gets a new file."""
+    root = tmp_path / "spool"
+    sync = "filesystem"
+    with Spool(root, sync=sync) as spool:
+        run(commit(spool, body("one")))
+        [one] = spool.take_ready()
+        inode = os.stat(one.data_path).st_ino
+        spool.remove([one], reuse=True)
+        assert not os.path.exists(one.data_path)
+        assert [p.name for p in (root / "00").glob("free.*")] == ["free.0"]
+        run(commit(spool, body("two")))  # its barrier makes free.0 durably free
+        [two] = spool.take_ready()
+        assert os.stat(two.data_path).st_ino != inode
+        three_data = body("three", size=600)  # shorter: the old bytes must not show
+        run(commit(spool, three_data, ["c@remote.test"]))
+        [three] = spool.take_ready()
+        assert os.stat(three.data_path).st_ino == inode
+        assert Path(three.data_path).read_bytes() == three_data
+        assert list((root / "00").glob("free.*")) == []
+    with Spool(root, sync=sync) as spool:  # what a restart finds: two, three
+        found = {e.envelope.queue_id: Path(e.data_path).read_bytes() for e in spool.take_ready()}
+        assert found == {two.envelope.queue_id: body("two"), three.envelope.queue_id: three_data}
+        spool.remove(spool.take_ready())
+
+
+def test_no_data_file_is_kept_with_file_sync(tmp_path: Path) -> None:
+    """With sync="file" a data file is one O_DSYNC write into a new file: nothing to
+    write over."""
+    root = tmp_path / "spool"
+    with Spool(root, sync="file") as spool:
+        run(commit(spool, body("one")))
+        spool.remove(spool.take_ready(), reuse=True)
+        assert list((root / "00").iterdir()) != []
+        assert list((root / "00").glob("free.*")) == []
+        assert spool_files(root) == []
+
+
+def test_a_linked_data_file_is_never_written_again(tmp_path: Path) -> None:
+    """A data file linked into a mailbox (or a repository) is that mailbox's copy:
+    unlinked from the spool as usual even when reuse is asked for."""
+    root = tmp_path / "spool"
+    mailbox = tmp_path / "mailbox-copy"
+    with Spool(root) as spool:
+        data = body("kept")
+        run(commit(spool, data))
+        [entry] = spool.take_ready()
+        os.link(entry.data_path, mailbox)
+        spool.remove([entry], reuse=True)
+        assert list((root / "00").glob("free.*")) == []
+        for token in ("a", "b", "c"):
+            run(commit(spool, body(token)))
+        spool.remove(spool.take_ready(), reuse=True)
+        assert mailbox.read_bytes() == data
+        assert os.stat(mailbox).st_nlink == 1
+        assert len(list((root / "00").glob("free.*"))) == 3
+    # closed: the kept files are gone, the idle slot holds only its lock file
+    assert [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()] == ["00/lock"]
+
+
+def test_kept_files_of_a_dead_process_are_removed_at_start(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    with Spool(root):
+        pass
+    (root / "00" / "free.7").write_bytes(b"an old message")
+    with Spool(root) as spool:
+        assert spool.take_ready() == []
+        assert not (root / "00" / "free.7").exists()
+
+
 def test_uncommitted_data_is_removed_at_start(tmp_path: Path) -> None:
     root = tmp_path / "spool"
     with Spool(root, memory_threshold=10) as spool:

@@ -63,6 +63,9 @@ class DeliveryJob:
     #: over quota is a final failure (5.2.2: LMTP, whose client bounces it); False: a
     #: deferral (4.2.2: the spool retries, and LocalDelivery then bounces it)
     quota_final: bool = False
+    #: the data file's header block when the spool still had it in memory (a prefix
+    #: of the file, for header matchers); None: read the file
+    head: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -485,7 +485,10 @@ class MailetDeliverer:
             sender=(env.sender or None) if env is not None else None,
             recipients=[t.recipient for t in targets],
             message=Message(
-                job.data_path, job.size, delivered_to=env.delivered_to if env is not None else ""
+                job.data_path,
+                job.size,
+                delivered_to=env.delivered_to if env is not None else "",
+                head=job.head,
             ),
             received_at=job.received_at,
         )

@@ -88,6 +88,7 @@ class Message:
         "_body",
         "_body_offset",
         "_fields",
+        "_head",
         "_size",
         "_skip",
         "delivered_to",
@@ -96,7 +97,13 @@ class Message:
     )
 
     def __init__(
-        self, path: str | None, size: int, data: bytes | None = None, *, delivered_to: str = ""
+        self,
+        path: str | None,
+        size: int,
+        data: bytes | None = None,
+        *,
+        delivered_to: str = "",
+        head: bytes | None = None,
     ) -> None:
         """Args:
         path: the file holding the message (None: ``data`` holds it).
@@ -104,10 +111,13 @@ class Message:
         data: the whole message, for a message made in memory.
         delivered_to: the file starts with ``Delivered-To: <this>``, which is not part
             of the message (checked when the file is read).
+        head: the file's first bytes, known already (the spool's copy of the header
+            block): read instead of the file if they hold the whole header.
         """
         self.path = path
         self._size = size
         self._fields: list[bytes] | None = None
+        self._head = head if path is not None else None
         self._body_offset = 0
         self._body: bytes | None = None
         #: the hidden ``Delivered-To`` value ("" = none)
@@ -144,6 +154,10 @@ class Message:
         if fields is not None:
             return fields
         assert self.path is not None
+        head, self._head = self._head, None
+        if head is not None and self._parse_head(head):
+            assert self._fields is not None
+            return self._fields
         buf = b""
         # os.open/os.read rather than open(): three system calls instead of six or
         # seven (no fstat, isatty ioctl, lseek) for the usual header under 16 KB; each
@@ -169,6 +183,18 @@ class Message:
             os.close(fd)
         assert self._fields is not None
         return self._fields
+
+    def _parse_head(self, head: bytes) -> bool:
+        """Parse the header from ``head`` (the file's first bytes); False if they do
+        not hold all of it (the file is read then, as if ``head`` were not known)."""
+        skip = self._skip
+        if skip and not head.startswith(format_field("Delivered-To", self.delivered_to)):
+            return False  # the file's own reading settles what the prefix is
+        try:
+            self._parse(head[skip:], whole=False, base=skip)
+        except _NeedMore:
+            return False
+        return True
 
     def headers(self) -> list[tuple[str, str]]:
         """Every field as (lower-case name, unfolded value), in order."""
@@ -303,6 +329,7 @@ class Message:
         other.path = self.path
         other._size = self._size
         other._fields = None if self._fields is None else list(self._fields)
+        other._head = self._head
         other._body_offset = self._body_offset
         other._body = self._body
         other.modified = self.modified

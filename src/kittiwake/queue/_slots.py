@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from kittiwake.queue._envelope import Envelope, iter_records
 from kittiwake.queue._qid import MAX_SLOTS, is_queue_id, queue_id_time
+from kittiwake.queue._reuse import FREE_PREFIX
 
 __all__ = ["SlotState", "lock_slot", "recover_slot", "release_slot", "slot_dir_name"]
 
@@ -164,6 +165,10 @@ def recover_slot(state: SlotState) -> list[Envelope]:
         if n.startswith(SEGMENT_PREFIX) and n[len(SEGMENT_PREFIX) :].isdigit()
     )
     data = {n for n in names if is_queue_id(n)}
+    for name in names:
+        if name.startswith(FREE_PREFIX):  # a dead process's kept files (see _reuse)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(state.path, name))
     found: dict[str, tuple[int, bytes, Envelope]] = {}
     for number in segments:
         with open(state.segment_path(number), "rb") as f:

@@ -20,6 +20,21 @@ __all__ = ["O_NEW", "PendingCommit", "SpoolWriter"]
 O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
+#: a header block longer than this is read from the file at delivery, not kept in memory
+HEAD_MAX = 16384
+
+
+def _head(data: bytes | None) -> bytes | None:
+    """The header block of ``data`` with the empty line that ends it (RFC 5322 2.1),
+    or None if there is none within :data:`HEAD_MAX` bytes."""
+    if data is None:
+        return None
+    if data.startswith(b"\r\n"):
+        return data[:2]
+    end = data.find(b"\r\n\r\n", 0, HEAD_MAX)
+    return data[: end + 4] if end >= 0 else None
+
+
 class PendingCommit:
     """What a commit hands the worker threads."""
 
@@ -166,7 +181,7 @@ class SpoolWriter:
         data = b"".join(self._buffer) if self._fd < 0 else None
         self._buffer = []
         fd, self._fd = self._fd, -1
-        entry = SpoolEntry(envelope, self.path, self._spool.slot, False)
+        entry = SpoolEntry(envelope, self.path, self._spool.slot, False, _head(data))
         try:
             await committer.commit(PendingCommit(entry, fd, data, encode_record(envelope)))
         except asyncio.CancelledError:

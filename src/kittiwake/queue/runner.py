@@ -343,6 +343,7 @@ class SpoolRunner:
                     entry.recovered,
                     targets,
                     env,
+                    head=entry.head,
                 )
             )
             entries.append(entry)
@@ -400,9 +401,10 @@ class SpoolRunner:
         self._wakeup.set()
 
     def _remove(self, entries: list[SpoolEntry]) -> None:
-        """The thread half of removing entries finished outside a batch."""
+        """The thread half of removing entries finished outside a batch (their
+        recipients were held: relayed, their data files most likely linked nowhere)."""
         try:
-            self.spool.remove(entries)
+            self.spool.remove(entries, reuse=True)
         except OSError as exc:  # left in the spool: the next start runs them again
             log.error("cannot remove %d finished spool entries: %s", len(entries), exc)
 

@@ -70,6 +70,7 @@ from kittiwake.queue import _slots
 from kittiwake.queue._committer import GroupCommitter
 from kittiwake.queue._envelope import Envelope, SpoolEntry, iter_records
 from kittiwake.queue._qid import MAX_SLOTS, QueueIdAllocator, is_queue_id
+from kittiwake.queue._reuse import FreeFiles
 from kittiwake.queue._slots import SlotState
 from kittiwake.queue._writer import O_NEW, PendingCommit, SpoolWriter
 
@@ -140,6 +141,7 @@ class Spool:
         self._seg_size = 0
         self._seg_broken = False
         self._dir_fd = -1
+        self._free: FreeFiles | None = None
         #: group flushes done (for tests and measurements)
         self.flushes = 0
 
@@ -187,6 +189,9 @@ class Spool:
         self._alloc = QueueIdAllocator(self._primary.number, floor_ms=self._primary.floor_ms)
         self._saved_floor = 0  # saved by the first begin()
         self._dir_fd = os.open(self._primary.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # only where the flush's syncfs makes a file written over durable (with
+        # "file", each data file is one O_DSYNC write into a new file)
+        self._free = FreeFiles(self._primary.path) if self.sync == "filesystem" else None
         self._committer = GroupCommitter(
             self._threads,
             self._prepare,
@@ -255,6 +260,9 @@ class Spool:
         if self._dir_fd >= 0:
             os.close(self._dir_fd)
             self._dir_fd = -1
+        if self._free is not None:
+            self._free.clear()
+            self._free = None
         with self._state:
             slots, self._slots, self._primary = list(self._slots.values()), {}, None
             self._ready = []
@@ -313,10 +321,16 @@ class Spool:
         fd, commit.fd = commit.fd, -1
         try:
             if self.sync == "filesystem":  # the flush's syncfs makes it durable
+                data = commit.data or b""
+                was = 0  # the size of a kept file written over
                 if fd < 0:
-                    fd = os.open(commit.entry.data_path, O_NEW, 0o600)
-                if commit.data:
-                    write_all(fd, commit.data)
+                    fd, was = self._reuse(commit.entry.data_path)
+                    if fd < 0:
+                        fd = os.open(commit.entry.data_path, O_NEW, 0o600)
+                if data:
+                    write_all(fd, data)
+                if was > len(data):
+                    os.ftruncate(fd, len(data))
                 return
             if fd < 0 and commit.data:
                 # O_DSYNC: the write returns once the data and the size are on disk,
@@ -334,6 +348,23 @@ class Spool:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    def _reuse(self, path: str) -> tuple[int, int]:
+        """Open a kept data file (see :mod:`._reuse`) renamed to ``path``, to be
+        written over; return it and its size, (-1, 0) if there is none (create the file
+        then)."""
+        free = self._free
+        kept = free.take() if free is not None else None
+        if kept is None:
+            return -1, 0
+        name, size = kept
+        try:
+            os.rename(name, path)  # a fresh queue ID: nothing is there to replace
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            return -1, 0
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC), size
 
     @staticmethod
     def _abandon(commit: PendingCommit) -> None:
@@ -358,12 +389,18 @@ class Spool:
             records[:0] = [rec for _q, rec in carried]
         payload = b"".join(records)
         # The data files (with "filesystem"), their names and a new segment's name are
-        # durable before any record that points at them.
+        # durable before any record that points at them; so are the renames of kept
+        # data files out of the queue, before such a file is written again.
+        free = self._free
+        if free is not None:
+            free.barrier_begins()
         if self.sync == "filesystem":
             assert syncfs is not None
             syncfs(self._dir_fd)
         else:
             os.fsync(self._dir_fd)
+        if free is not None:
+            free.barrier_done()
         offset = self._seg_size
         try:
             _pwrite_all(self._seg_fd, payload, offset)  # O_DSYNC: durable on return
@@ -426,15 +463,28 @@ class Spool:
             ready, self._ready = self._ready, []
         return ready
 
-    def remove(self, entries: Iterable[SpoolEntry]) -> None:
+    def remove(self, entries: Iterable[SpoolEntry], *, reuse: bool = False) -> None:
         """Drop delivered (or finally failed) entries from the spool (*blocking*).
 
         Call only once the delivery is durable and journalled: the data file is
         unlinked, which is what marks the entry finished.
+
+        Args:
+            reuse: the entries were relayed (not linked into a mailbox, most likely):
+                keep their data files to write new messages into (checked file by
+                file: one with another link is unlinked as usual).
         """
         entries = list(entries)
+        primary, free = self._primary, self._free if reuse else None
         for entry in entries:
             with contextlib.suppress(FileNotFoundError):
+                if (
+                    free is not None
+                    and primary is not None
+                    and entry.slot == primary.number
+                    and free.keep(entry.data_path)
+                ):
+                    continue
                 os.unlink(entry.data_path)
         stale: list[str] = []
         released: list[SlotState] = []
