@@ -19,6 +19,7 @@ names this server for a domain it does not accept), not something a retry mends.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import random
 import re
@@ -147,6 +148,9 @@ class SelfCheck:
         return self._local[text]
 
 
+# Both are pure and asked again for every relayed mail (the gateway, each MX address):
+# parsing an address with ipaddress is a few µs, a cache hit a dictionary lookup.
+@functools.lru_cache(maxsize=1024)
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(text.strip("[]"))
@@ -154,6 +158,7 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+@functools.lru_cache(maxsize=1024)
 def ip_literal(domain: str) -> str | None:
     """``[192.0.2.1]`` / ``[IPv6:2001:db8::1]`` -> the address; None if not a literal."""
     if not (domain.startswith("[") and domain.endswith("]")):

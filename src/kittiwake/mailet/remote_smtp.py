@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from kittiwake.mailet.api import Mail
 
@@ -241,6 +242,44 @@ async def _rcpt_to(smtp: aiosmtplib.SMTP, recipient: str, path: bytes) -> None:
         raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
 
 
+def data_text(data: bytes) -> bytes:
+    """The DATA text for ``data``: every line ending CRLF, dot-stuffed, ended with
+    CRLF.CRLF (RFC 5321 4.5.2, 4.1.1.4), exactly as aiosmtplib's ``SMTP.data`` makes it,
+    but without two regular expressions over the whole message when its lines all end in
+    CRLF already (always, for mail received over SMTP: kittiwake refuses bare CR and LF).
+    """
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        # a bare CR or LF (a mailet's text, sendmail's): CRLF as aiosmtplib makes it
+        data = normalize_message_line_endings(data)
+    elif not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+async def _data(smtp: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+    """DATA, as ``SMTP.data`` but with the text made by :func:`data_text`."""
+    response = await smtp.execute_command(b"DATA")
+    if response.code != 354:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    protocol = smtp.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    try:
+        # read_response marks a reply as expected before it yields to the loop, so no
+        # reply can come in between (one task owns a leased connection)
+        protocol.write(data_text(data))
+        response = await protocol.read_response(timeout=smtp.timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        smtp.close()  # what SMTP.data does: the connection is out of step now
+        raise
+    if response.code != 250:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
+
+
 async def transaction(
     smtp: aiosmtplib.SMTP,
     settings: ClientSettings,
@@ -325,7 +364,7 @@ async def transaction(
             return result, True
         in_data = True
         try:
-            reply = await smtp.data(data)
+            reply = await _data(smtp, data)
         except aiosmtplib.SMTPResponseException as exc:
             text = enhanced(exc.code, exc.message)
             for r in accepted:

@@ -44,7 +44,10 @@ How the data files become durable is :attr:`Spool.sync`:
 The record is the commit point. A crash before it leaves a data file without a record
 (removed by recovery); a crash in the middle of it leaves a torn record (skipped:
 records are checksummed lines). After delivery the data file is unlinked; a record
-whose data file is gone is finished, so no "done" record is needed. Segments are
+whose data file is gone is finished, so no "done" record is needed. A relayed
+message's data file is renamed to ``free.N`` instead, and written over by a later
+message once a flush has made that rename durable (:mod:`._reuse`: no inode freed and
+allocated per relayed message); recovery deletes ``free.*`` files. Segments are
 rotated at :attr:`Spool.segment_bytes`; a segment is deleted once none of its entries
 is pending, and still-pending records are copied forward out of old segments so a
 message stuck in the queue does not pin a series of segment files.
