@@ -50,8 +50,8 @@ __all__ = ["FailureCounts"]
 
 log = logging.getLogger("kittiwake.mailet")
 
-#: bytes of the in-flight file written through the memory map (about 60 lists of
-#: one mail each; a longer list is written with pwrite)
+#: bytes of the in-flight file written through the memory map (some 40 mails in the
+#: container at once, a line each; a longer list is written with pwrite)
 _MAPPED = 4096
 
 
