@@ -17,10 +17,11 @@ Two rules keep that safe:
   data file hard-linked into a Maildir or a mail repository is that mailbox's copy and
   is unlinked as before, never written again.
 - A kept file is written again only after a flush barrier (the spool's ``syncfs``)
-  that began after the rename that took it out of the queue made that rename durable. Otherwise a crash could leave the old name on disk (rename
-  not yet written) over the new message's blocks, and recovery would deliver the new
-  message's bytes to the old message's recipients. (Only with ``sync="filesystem"``,
-  whose ``syncfs`` also makes the data written over durable before the new record.)
+  that began after the rename that took it out of the queue made that rename durable.
+  Otherwise a crash could leave the old name on disk (rename not yet written) over the
+  new message's blocks, and recovery would deliver the new message's bytes to the old
+  message's recipients. (So only with ``sync="filesystem"``, whose ``syncfs`` also
+  makes the data written over durable before the new record.)
 """
 
 from __future__ import annotations
