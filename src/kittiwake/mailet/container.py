@@ -251,7 +251,7 @@ class ContainerContext:
         qid = run.job.queue_id
         if mail.name != qid or mail.name in run.lineage:
             return None  # a mail made by a mailet: its own outcomes, not the entry's
-        indexes = sorted({i for rcpt in mail.recipients for i in run.indexes(mail, rcpt)})
+        indexes = {i for rcpt in mail.recipients for i in run.indexes(mail, rcpt)}
         holds.hold(qid)
         run.record(mail, mail.recipients, (Status.HELD, "", "", detail))
 
@@ -424,7 +424,7 @@ class MailetDeliverer:
 
     def _deliver_batch(self, jobs: Sequence[DeliveryJob]) -> list[list[Outcome]]:
         runs: list[_Run] = []
-        held: dict[int, list[Outcome]] = {}
+        for_parent: dict[int, list[Outcome]] = {}  # job -> its deferral (not HELD)
         enqueuer = self.context.enqueuer
         # One group commit for every repository store of the batch (RemoteDelivery's
         # outgoing queue, for mails it cannot hold in the spool): the spool entries go
@@ -433,7 +433,7 @@ class MailetDeliverer:
             for n, job in enumerate(jobs):
                 if enqueuer is not None and not enqueuer.may_process(job):
                     # a mailet's new mail whose parent may still run again (enqueue.py)
-                    held[n] = [
+                    for_parent[n] = [
                         Outcome(
                             t.index,
                             t.recipient,
@@ -465,7 +465,7 @@ class MailetDeliverer:
             failures.flush()
         self._deliver_local(runs)
         done = iter([self._outcomes(run) for run in runs])
-        results = [held[n] if n in held else next(done) for n in range(len(jobs))]
+        results = [for_parent[n] if n in for_parent else next(done) for n in range(len(jobs))]
         with self._lock:
             for job, outcomes in zip(jobs, results, strict=True):
                 if all(o.status is not Status.DEFERRED for o in outcomes):

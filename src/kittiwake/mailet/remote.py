@@ -696,18 +696,16 @@ class RemoteDelivery(Mailet):
             }
 
             def keep() -> None:
+                if key is not None and later == mail.recipients:
+                    write_retry(repo, key, state)  # the same mail: only its schedule
+                    return
+                mail.recipients = later
+                new = repo.store(mail)
+                write_retry(repo, new, state)
                 if key is None:  # a first attempt from the spool: stored only now
-                    mail.recipients = later
-                    new = repo.store(mail)
-                    write_retry(repo, new, state)
                     log.info("%s: queued for remote delivery as %s/%s", mail.name, repo.name, new)
-                elif later != mail.recipients:
-                    mail.recipients = later
-                    new = repo.store(mail)
-                    write_retry(repo, new, state)
-                    remove_mail(repo, key)
                 else:
-                    write_retry(repo, key, state)
+                    remove_mail(repo, key)
 
             await asyncio.to_thread(keep)
         elif key is not None:

@@ -213,10 +213,9 @@ class SpoolRunner:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks = []
-        if self._finished and self._pool is not None:  # released for good: not again
-            gone, self._finished = self._finished, []
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._remove, gone)
         if self._pool is not None:
+            # released for good: not run again at the next start
+            await self._remove_finished(asyncio.get_running_loop())
             self._pool.shutdown(wait=True)
             self._pool = None
         if self._owns_spool:
@@ -264,10 +263,9 @@ class SpoolRunner:
                 await self._sweep(loop)
                 continue
             if self._finished:
-                gone, self._finished = self._finished, []
                 self._busy += 1
                 try:
-                    await loop.run_in_executor(self._pool, self._remove, gone)
+                    await self._remove_finished(loop)
                 finally:
                     self._busy -= 1
                 continue
@@ -399,6 +397,11 @@ class SpoolRunner:
         self._attempts.pop(qid, None)
         self._finished.append(entry)
         self._wakeup.set()
+
+    async def _remove_finished(self, loop: asyncio.AbstractEventLoop) -> None:
+        gone, self._finished = self._finished, []
+        if gone:
+            await loop.run_in_executor(self._pool, self._remove, gone)
 
     def _remove(self, entries: list[SpoolEntry]) -> None:
         """The thread half of removing entries finished outside a batch (their
