@@ -99,6 +99,32 @@ def test_abort_after_commit_keeps_the_message(tmp_path: Path) -> None:
         assert entry.envelope.sender == ""
 
 
+def test_receiving_counts_messages_until_commit_or_abort(tmp_path: Path) -> None:
+    # the flushing thread waits for these to commit (group commit's gather)
+    with Spool(tmp_path / "spool") as spool:
+
+        def envelope(qid: str, size: int) -> Envelope:
+            return Envelope(qid, "", ("a@x.test",), "::1", "h", 0.0, "SMTP", size)
+
+        async def go() -> None:
+            a, b, c = spool.begin(), spool.begin(), spool.begin()
+            assert spool.receiving == 3
+            a.write(body("a"))
+            await a.commit(envelope(a.queue_id, a.size))
+            assert spool.receiving == 2
+            a.abort()  # after a commit: nothing changes
+            b.abort()
+            b.abort()
+            assert spool.receiving == 1
+            with pytest.raises(ValueError):  # refused before it began: still receiving
+                await c.commit(envelope(a.queue_id, c.size))
+            assert spool.receiving == 1
+            c.abort()
+            assert spool.receiving == 0
+
+        run(go())
+
+
 def test_envelope_must_match_writer(tmp_path: Path) -> None:
     with Spool(tmp_path / "spool") as spool:
 
@@ -417,6 +443,7 @@ def test_disk_full_at_commit_leaves_nothing(tmp_path: Path) -> None:
                 await commit(spool, body("after"))
 
             run(go())
+            assert spool.receiving == 0  # the failed one counted off once, not twice
             assert len(spool.take_ready()) == 1
         with Spool(root) as spool:
             assert len(spool.take_ready()) == 1

@@ -12,6 +12,15 @@ cache), ``prepare`` runs on the event loop in :meth:`GroupCommitter.commit` and 
 goes straight to the waiting list; a thread is woken only if no flush is running. Under
 load a flush is nearly always running, so such a commit costs no thread hand-off at all.
 
+A flush gathers first: when fewer than ``gather_size`` jobs are waiting and ``gather()``
+says more commits are on their way (messages being received right now), the flusher
+waits ``gather_delay`` once before it takes the batch, as PostgreSQL's ``commit_delay``
+with ``commit_siblings``. Without it a flush started for nearly every message on its
+own (20 sessions, two workers: 1.8 messages per ``syncfs`` on average, one in half the
+flushes), and each ``syncfs`` walks the filesystem's dirty inodes and flushes the disk
+cache. With a 1 ms wait, kittiwake took 8-12 % more messages per second (benchmarks/
+README.md); a message that is alone pays no wait.
+
 Results reach the event loop in bursts: one ``call_soon_threadsafe`` wakes the loop for
 every job finished since the loop last drained, not one per job. Measured on the 2-core
 dev box, this and the plain ``SimpleQueue`` handoff cost about half the CPU of
@@ -24,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -34,6 +44,11 @@ T = TypeVar("T")
 
 #: a message to the worker threads: flush what is waiting (no job of its own)
 _FLUSH = object()
+
+#: seconds a flush waits for more jobs when more are on their way (see the module doc)
+GATHER_DELAY_S = 0.001
+#: with this many jobs waiting, a flush does not wait
+GATHER_SIZE = 4
 
 
 class Job(Generic[T]):
@@ -72,6 +87,9 @@ class GroupCommitter(Generic[T]):
         name: str = "kw-spool",
         *,
         inline_prepare: bool = False,
+        gather: Callable[[], int] | None = None,
+        gather_delay: float = GATHER_DELAY_S,
+        gather_size: int = GATHER_SIZE,
     ) -> None:
         """Args:
         threads: worker threads; about as many fsyncs run at once.
@@ -81,12 +99,19 @@ class GroupCommitter(Generic[T]):
         on_committed: called on the event loop after a burst with at least one success.
         name: thread name prefix.
         inline_prepare: run ``prepare`` on the caller's event loop (it must not block).
+        gather: how many commits are on their way (called from the flushing thread;
+            None: never wait for more).
+        gather_delay: seconds a flush waits for them, once, when fewer than
+            ``gather_size`` jobs are waiting.
         """
         self._prepare = prepare
         self._flush = flush
         self._abandon = abandon
         self._on_committed = on_committed
         self._inline_prepare = inline_prepare
+        self._gather = gather
+        self._gather_delay = gather_delay
+        self._gather_size = gather_size
         self._jobs: queue.SimpleQueue[Job[T] | object | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting: list[Job[T]] = []  # prepared, not yet flushed
@@ -159,7 +184,12 @@ class GroupCommitter(Generic[T]):
             self._flush_waiting()
 
     def _flush_waiting(self) -> None:
+        gather = self._gather
         while True:
+            # an unlocked look is enough: a job that arrives meanwhile is flushed anyway
+            waiting = len(self._waiting)
+            if gather is not None and 0 < waiting < self._gather_size and gather() > 0:
+                time.sleep(self._gather_delay)
             with self._lock:
                 batch, self._waiting = self._waiting, []
                 if not batch:

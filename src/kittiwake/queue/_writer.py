@@ -178,6 +178,7 @@ class SpoolWriter:
         if committer is None:
             raise RuntimeError("spool is not open")
         self._state = "committing"
+        self._spool.receiving -= 1
         data = b"".join(self._buffer) if self._fd < 0 else None
         self._buffer = []
         fd, self._fd = self._fd, -1
@@ -200,6 +201,8 @@ class SpoolWriter:
         by an abort."""
         if self._state in ("committing", "committed", "aborted"):
             return
+        if self._state == "open":
+            self._spool.receiving -= 1
         self._state = "aborted"
         self._buffer = []
         if self._fd >= 0:

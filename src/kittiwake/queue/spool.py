@@ -138,6 +138,9 @@ class Spool:
         self._saved_floor = 0
         self._ready: list[SpoolEntry] = []
         self._listeners: list[Callable[[], object]] = []
+        #: messages begun and neither committing nor aborted yet (on the event loop;
+        #: the flushing thread reads it to wait for their commits: _committer's gather)
+        self.receiving = 0
         # Guards the SlotState maps and _ready (commit, delivery and loop threads).
         self._state = threading.Lock()
         self._seg_fd = -1
@@ -204,6 +207,7 @@ class Spool:
             # with one syncfs per flush, preparing is a page-cache write: on the loop,
             # it saves a thread hand-off per message
             inline_prepare=self.sync == "filesystem",
+            gather=lambda: self.receiving,
         )
         self.adopt_orphans()
 
@@ -298,6 +302,7 @@ class Spool:
         qid = alloc.next()
         if alloc.high_water_ms >= self._saved_floor:
             self._save_floor()
+        self.receiving += 1  # until the writer commits or aborts
         return SpoolWriter(self, qid, f"{primary.path}/{qid}")
 
     def _save_floor(self) -> None:
