@@ -13,6 +13,7 @@ import pytest
 
 from kittiwake.delivery import Journal, MaildirDeliverer, Status, Target
 from kittiwake.delivery.direct import DirectDelivery, MessageFile
+from kittiwake.queue import Spool
 
 BODY = b"Return-Path: <s@remote.test>\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -73,6 +74,29 @@ def test_delivers_to_each_mailbox_and_leaves_no_spool_file(
     assert name.endswith(f".K{message.queue_id}.mx\\056test,S={len(BODY)}")
     journal = "".join(p.read_text() for p in (data / "journal").iterdir())
     assert journal.count(f"\t{message.queue_id}\t") == 3 and "\tsent\t" in journal
+
+
+def test_ids_from_the_spool_leave_it_not_receiving(data: Path) -> None:
+    # LMTP takes its queue IDs from the spool without committing there: were they counted
+    # as messages being received, every later group commit would wait for them (gather)
+    journal = Journal(data / "journal")
+    deliverer = MaildirDeliverer(data / "mail", journal, hostname="mx.test")
+    with Spool(data / "queue") as spool:
+        direct = DirectDelivery(deliverer, spool.reserve, threads=1)
+        try:
+            for _ in range(3):
+                message = direct.begin()
+                assert message.path.startswith(f"{spool.root}/")
+                assert message.path.endswith(f"/{message.queue_id}")
+                message.write(BODY)
+                outcomes = asyncio.run(direct.deliver(message, targets(("a@x.test", "a@x.test"))))
+                assert [o.status for o in outcomes] == [Status.SENT]
+            assert spool.receiving == 0
+            assert len(inbox(data, "a@x.test")) == 3
+            assert spool.take_ready() == []
+        finally:
+            direct.close()
+            journal.close()
 
 
 def test_large_message_streams_to_its_file(direct: DirectDelivery, data: Path) -> None:

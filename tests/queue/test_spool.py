@@ -125,6 +125,19 @@ def test_receiving_counts_messages_until_commit_or_abort(tmp_path: Path) -> None
         run(go())
 
 
+def test_reserve_gives_ids_not_counted_as_receiving(tmp_path: Path) -> None:
+    # for LMTP's direct delivery: a queue ID and a path, never committed here
+    with Spool(tmp_path / "spool") as spool:
+        reserved = [spool.reserve() for _ in range(3)]
+        writer = spool.begin()
+        assert spool.receiving == 1
+        ids = [qid for qid, _ in reserved] + [writer.queue_id]
+        assert len(set(ids)) == 4 and all(is_queue_id(q) for q in ids)
+        assert all(path.endswith(f"/{qid}") for qid, path in reserved)
+        writer.abort()
+        assert spool.receiving == 0
+
+
 def test_envelope_must_match_writer(tmp_path: Path) -> None:
     with Spool(tmp_path / "spool") as spool:
 

@@ -296,14 +296,25 @@ class Spool:
         Raises:
             RuntimeError: the spool is not open.
         """
+        qid, path = self.reserve()
+        self.receiving += 1  # until the writer commits or aborts
+        return SpoolWriter(self, qid, path)
+
+    def reserve(self) -> tuple[str, str]:
+        """A new queue ID and the data file path it names, for a message that is
+        written and delivered elsewhere (LMTP's direct delivery); it is never committed
+        here, so it does not count in :attr:`receiving`.
+
+        Raises:
+            RuntimeError: the spool is not open.
+        """
         primary, alloc = self._primary, self._alloc
         if primary is None or alloc is None:
             raise RuntimeError("spool is not open")
         qid = alloc.next()
         if alloc.high_water_ms >= self._saved_floor:
             self._save_floor()
-        self.receiving += 1  # until the writer commits or aborts
-        return SpoolWriter(self, qid, f"{primary.path}/{qid}")
+        return qid, f"{primary.path}/{qid}"
 
     def _save_floor(self) -> None:
         assert self._primary is not None and self._alloc is not None

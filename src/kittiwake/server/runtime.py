@@ -219,14 +219,8 @@ class Server:
         """LMTP sessions deliver straight into the mailboxes (``lmtp.py``), through
         the spool runner's Maildir deliverer and journal; serve the Unix sockets."""
         if self._direct is None:
-            spool = self.spool
-
-            def reserve() -> tuple[str, str]:
-                writer = spool.begin()  # a queue ID and a data file path; no file yet
-                return writer.queue_id, writer.path
-
             self._direct = DirectDelivery(
-                self.local_deliverer, reserve, quota_final=self.quotas.final
+                self.local_deliverer, self.spool.reserve, quota_final=self.quotas.final
             )
         resolver = LocalResolver(self.store, self.store, self.config.server.postmaster)
         listener.session_factory = lmtp_session_factory(self._direct, resolver.resolve)
@@ -243,10 +237,8 @@ class Server:
     ) -> str:
         """Put a mail made by RemoteDelivery (a failure for its bounce processor, a DSN)
         in the spool, to be processed from ``state`` (root if empty)."""
-        writer = self.spool.begin()
-        writer.write(message)
         env = Envelope(
-            queue_id=writer.queue_id,
+            queue_id="",
             sender=sender,
             recipients=tuple(recipients),
             client_address="127.0.0.1",
@@ -258,9 +250,9 @@ class Server:
             state=state,
             error=error,
         )
-        await writer.commit(env)
+        queue_id = await self._spool(message, env)
         self.runner.wake()
-        return writer.queue_id
+        return queue_id
 
     async def _spool(self, message: bytes, envelope: Envelope) -> str:
         writer = self.spool.begin()
