@@ -8,15 +8,18 @@ crash must not leave half-written go through :func:`replace_file` (a temporary n
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["replace_file", "syncfs", "write_all", "write_durably"]
+__all__ = ["O_NEW", "replace_file", "splice_into_new", "syncfs", "write_all", "write_durably"]
 
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+#: a new data file: never reuse a name (it is a queue ID), never leak into a child process
+O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -42,6 +45,33 @@ def write_durably(path: str | Path, data: bytes, *, mode: int = 0o600) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def splice_into_new(path: str, start: int, end: int, data: bytes) -> int:
+    """Replace bytes ``start:end`` of the file at ``path`` with ``data``: the result is
+    written to a new file that then takes ``path``'s name (a reader of the name sees the
+    old bytes or the new, never a mix). Returns a descriptor open for writing at the new
+    file's end; the caller closes its descriptor of the old one.
+
+    Raises:
+        OSError: not rewritten; ``path`` is unchanged and nothing is left beside it.
+    """
+    tmp = path + ".splice"
+    fd = os.open(tmp, O_NEW, 0o600)
+    try:
+        with open(path, "rb") as old:
+            write_all(fd, old.read(start))
+            write_all(fd, data)
+            old.seek(end)
+            while chunk := old.read(1 << 20):
+                write_all(fd, chunk)
+        os.replace(tmp, path)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return fd
 
 
 def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:

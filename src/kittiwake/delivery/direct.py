@@ -38,14 +38,11 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from kittiwake._files import write_all
+from kittiwake._files import O_NEW, splice_into_new, write_all
 from kittiwake.delivery.base import Deliverer, DeliveryJob, Outcome, Target
 from kittiwake.queue._committer import GroupCommitter
 
 __all__ = ["DirectDelivery", "MessageFile"]
-
-#: flags for a new data file: never reuse a name, never leak into a child process
-_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 class MessageFile:
@@ -107,21 +104,7 @@ class MessageFile:
             self._buffer = [joined[:start], data, joined[end:]]
             self._buffered += len(data) - (end - start)
         else:
-            tmp = self.path + ".splice"
-            fd = os.open(tmp, _O_NEW, 0o600)
-            try:
-                with open(self.path, "rb") as old:
-                    write_all(fd, old.read(start))
-                    write_all(fd, data)
-                    old.seek(end)
-                    while chunk := old.read(1 << 20):
-                        write_all(fd, chunk)
-                os.replace(tmp, self.path)
-            except BaseException:
-                os.close(fd)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            fd = splice_into_new(self.path, start, end, data)
             os.close(self._fd)
             self._fd = fd
         self.size += len(data) - (end - start)
@@ -142,7 +125,7 @@ class MessageFile:
                 yield chunk
 
     def _spill(self) -> None:
-        self._fd = os.open(self.path, _O_NEW, 0o600)
+        self._fd = os.open(self.path, O_NEW, 0o600)
         data, self._buffer, self._buffered = b"".join(self._buffer), [], 0
         write_all(self._fd, data)
 
@@ -151,7 +134,7 @@ class MessageFile:
         fd, self._fd = self._fd, -1
         try:
             if fd < 0:
-                fd = os.open(self.path, _O_NEW, 0o600)
+                fd = os.open(self.path, O_NEW, 0o600)
             if self._buffer:
                 data, self._buffer, self._buffered = b"".join(self._buffer), [], 0
                 write_all(fd, data)

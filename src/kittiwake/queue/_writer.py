@@ -8,17 +8,13 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING
 
-from kittiwake._files import write_all
+from kittiwake._files import O_NEW, splice_into_new, write_all
 from kittiwake.queue._envelope import Envelope, SpoolEntry, encode_record
 
 if TYPE_CHECKING:
     from kittiwake.queue.spool import Spool
 
-__all__ = ["O_NEW", "PendingCommit", "SpoolWriter"]
-
-#: flags for a new spool file: never reuse a name, never leak into a child process
-O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-
+__all__ = ["PendingCommit", "SpoolWriter"]
 
 #: a header block longer than this is read from the file at delivery, not kept in memory
 HEAD_MAX = 16384
@@ -133,21 +129,7 @@ class SpoolWriter:
         self.size += len(data) - (end - start)
 
     def _rewrite(self, start: int, end: int, data: bytes) -> None:
-        tmp = self.path + ".splice"
-        fd = os.open(tmp, O_NEW, 0o600)
-        try:
-            with open(self.path, "rb") as old:
-                write_all(fd, old.read(start))
-                write_all(fd, data)
-                old.seek(end)
-                while chunk := old.read(1 << 20):
-                    write_all(fd, chunk)
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        fd = splice_into_new(self.path, start, end, data)
         os.close(self._fd)
         self._fd = fd
 

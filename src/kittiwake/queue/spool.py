@@ -68,14 +68,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from kittiwake._files import syncfs, write_all
+from kittiwake._files import O_NEW, syncfs, write_all
 from kittiwake.queue import _slots
 from kittiwake.queue._committer import GroupCommitter
 from kittiwake.queue._envelope import Envelope, SpoolEntry, iter_records
 from kittiwake.queue._qid import MAX_SLOTS, QueueIdAllocator, is_queue_id
 from kittiwake.queue._reuse import FreeFiles
 from kittiwake.queue._slots import SlotState
-from kittiwake.queue._writer import O_NEW, PendingCommit, SpoolWriter
+from kittiwake.queue._writer import PendingCommit, SpoolWriter
 
 __all__ = ["SYNC_MODES", "Envelope", "Spool", "SpoolEntry", "SpoolWriter", "list_spool"]
 
