@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kittiwake.mailet import outgoing
+from kittiwake.mailet import outgoing, remote_store
 from kittiwake.mailet.api import Mail
 from kittiwake.mailet.message import Message
 from kittiwake.mailet.remote_store import lock_mail, remove_mail
@@ -52,3 +52,28 @@ def test_removed_mail_cannot_be_locked(tmp_path: Path) -> None:
     with pytest.raises(KeyError), outgoing.locked(repo, key):
         pass
     assert os.listdir(repo.path) == []
+
+
+def test_a_mail_stored_again_while_waiting_is_not_locked_through_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The holder finishes between our open and our flock and writes KEY.json anew (a
+    # new inode): a lock on the old file would protect nothing. RemoteDelivery skips the
+    # mail for now; kittiwake queue says it is busy (try again), not gone.
+    repo, key = _stored(tmp_path)
+    real_flock = remote_store.fcntl.flock
+
+    def flock_after_restore(fd: int, op: int) -> None:
+        path = repo.path / f"{key}.json"
+        data = path.read_bytes()
+        path.unlink()
+        path.write_bytes(data)
+        real_flock(fd, op)
+
+    monkeypatch.setattr(remote_store.fcntl, "flock", flock_after_restore)
+    assert lock_mail(repo, key) is None
+    with pytest.raises(outgoing.Locked), outgoing.locked(repo, key):
+        pass
+    monkeypatch.setattr(remote_store.fcntl, "flock", real_flock)
+    with outgoing.locked(repo, key):  # the new file is the mail's
+        assert repo.info(key).recipients == ("b@b.test",)

@@ -24,7 +24,6 @@ dropped root (``kittiwake`` user) can still read and replace them.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kittiwake.mailet.remote_store import lock_mail, read_retry
+from kittiwake.mailet.remote_store import remove_mail as remove_stored
 from kittiwake.mailet.repository import MailRepository, RepositoryStore, StoredMail
 
 __all__ = [
@@ -83,14 +84,6 @@ def outgoing_names(spec: Any) -> list[str]:
     return names
 
 
-def read_retry(repo: MailRepository, key: str) -> dict[str, Any]:
-    """``KEY.retry`` as a dict ({} when absent or torn: due now)."""
-    try:
-        return dict(json.loads((repo.path / f"{key}.retry").read_bytes()))
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
 def queued(store: RepositoryStore, names: list[str]) -> Iterator[OutgoingMail]:
     """Every mail of the named repositories, oldest first within each."""
     for name in names:
@@ -127,34 +120,20 @@ def _held(repo: MailRepository, key: str) -> bool:
 
 @contextlib.contextmanager
 def locked(repo: MailRepository, key: str) -> Iterator[None]:
-    """Hold the mail's lock (``KEY.json``, as RemoteDelivery does) for the block.
+    """Hold the mail's lock (``KEY.json``, taken as RemoteDelivery takes it:
+    :func:`~kittiwake.mailet.remote_store.lock_mail`) for the block.
 
     Raises:
-        Locked: another process holds it.
+        Locked: another process holds it, or the attempt that held it has just stored
+            it again (try again).
         KeyError: no such mail (or it was delivered meanwhile).
     """
     if "/" in key or key.startswith(".") or not key:
         raise KeyError(key)
-    path = repo.path / f"{key}.json"
+    fd = lock_mail(repo, key)
+    if fd is None:
+        raise Locked(key)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise KeyError(key) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise Locked(key) from None
-            raise
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:
-            # the attempt that held it finished and removed the mail (or stored it
-            # again under a new key)
-            raise KeyError(key)
         repo.info(key)
         yield
     finally:
@@ -192,10 +171,7 @@ def remove_mail(repo: MailRepository, key: str) -> StoredMail:
     """
     with locked(repo, key):
         info = repo.info(key)
-        repo.remove(key)  # .json first: from here on the mail does not exist
-        for suffix in (".retry", ".lock"):  # (.lock: left by an older version)
-            with contextlib.suppress(FileNotFoundError):
-                (repo.path / f"{key}{suffix}").unlink()
+        remove_stored(repo, key)  # .json first: from here on the mail does not exist
         return info
 
 

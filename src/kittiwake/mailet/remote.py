@@ -111,12 +111,6 @@ __all__ = [
 
 log = logging.getLogger("kittiwake.remote")
 
-# the names these helpers had when they lived here (``kittiwake queue`` may use them)
-_read_retry = read_retry
-_write_retry = write_retry
-_remove = remove_mail
-_lock = lock_mail
-
 #: (message, sender, recipients, state, error) -> queue ID: puts a mail in the spool
 Enqueue = Callable[[bytes, str, Sequence[str], str, str], Awaitable[str]]
 

@@ -42,6 +42,7 @@ _NORMAL = 5
 
 
 def read_retry(repo: MailRepository, key: str) -> dict[str, Any]:
+    """``KEY.retry`` as a dict ({} when absent or torn: due now)."""
     try:
         return dict(json.loads((repo.path / f"{key}.retry").read_bytes()))
     except (FileNotFoundError, ValueError):
